@@ -1,0 +1,298 @@
+/*
+ * pollux — one event API over select, poll and epoll, chosen at run time.
+ *
+ * Conventions (every call below follows them):
+ *  - Calls that can fail return 0 (or a non-negative fd / id) on success and a
+ *    negative errno value (-EINVAL, -ENOMEM, ...) on failure.  Constructors that
+ *    return a pointer return NULL and set errno.  The library never prints.
+ *  - A loop is used by one thread at a time.  Separate loops share nothing
+ *    mutable; there is no global mutable state.
+ *  - Times are milliseconds on the monotonic clock.
+ *  - Inside any callback, any watcher or timer of the same loop may be added,
+ *    modified or deleted, including the one being dispatched.  Only
+ *    px_loop_run (-EBUSY) and px_loop_free (ignored) may not be called from a
+ *    callback of the same loop.
+ */
+#ifndef POLLUX_H
+#define POLLUX_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__) && __GNUC__ >= 4
+#define PX_API __attribute__((visibility("default")))
+#else
+#define PX_API
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Loop and backends                                                         */
+/* ------------------------------------------------------------------------ */
+
+typedef struct px_loop px_loop;
+
+/* Run modes for px_loop_run. */
+#define PX_RUN_DEFAULT 0 /* until px_loop_stop, or nothing is registered      */
+#define PX_RUN_ONCE    1 /* one iteration; waits for an event or a due timer   */
+#define PX_RUN_NOWAIT  2 /* one iteration that does not wait                   */
+
+/*
+ * px_loop_new: a loop on the backend named by $POLLUX_BACKEND (read at every
+ * call, matched case-insensitively), or the best available one (epoll, poll,
+ * select) when it is unset or empty.
+ * Errors (NULL + errno): EINVAL unknown backend name; ENOSYS a known backend
+ * this system cannot provide; ENOMEM; EMFILE/ENFILE (epoll fd); any error of
+ * epoll_create1.  The loop's own fds are close-on-exec.
+ */
+PX_API px_loop *px_loop_new(void);
+
+/* The same for an explicit name ("select", "poll", "epoll", any case); NULL or
+ * "" means best available.  The environment is ignored. */
+PX_API px_loop *px_loop_new_backend(const char *name);
+
+/* Frees the loop, its watchers, timers, pending connects, acceptors and send
+ * queues, without calling any callback.  Closes no user fd.  NULL does
+ * nothing.  Called from a callback of the same loop it does nothing. */
+PX_API void px_loop_free(px_loop *loop);
+
+/* "select", "poll" or "epoll". */
+PX_API const char *px_loop_backend(const px_loop *loop);
+
+/* NULL-terminated list of the backends usable on this system, best first. */
+PX_API const char *const *px_backends(void);
+
+/*
+ * px_loop_run: PX_RUN_DEFAULT runs until px_loop_stop is called or nothing is
+ * registered (no io watcher, armed or disarmed; no pending timer; no pending
+ * connect; no acceptor).  PX_RUN_ONCE runs one iteration, waiting for at least
+ * one event or due timer (it returns at once when nothing is registered).
+ * PX_RUN_NOWAIT runs one iteration without waiting.
+ * Each iteration: wait for readiness (bounded by the next timer), run the
+ * timers that are due, then dispatch io callbacks.  Signals that interrupt the
+ * wait (EINTR) are retried with the remaining timeout and never surface.
+ * Returns 0; -EINVAL for a NULL loop or an unknown mode; -EBUSY when called
+ * from a callback of the same loop; -errno when the backend's wait itself
+ * fails (e.g. -ENOMEM).
+ */
+PX_API int px_loop_run(px_loop *loop, int mode);
+
+/* px_loop_run returns after the current iteration.  The request is cleared
+ * when px_loop_run returns; made while not running, the next run returns
+ * after one iteration.  NULL does nothing. */
+PX_API void px_loop_stop(px_loop *loop);
+
+/* Cached monotonic time (ms) of the current iteration; updated after every
+ * wait.  Arbitrary epoch.  0 for NULL. */
+PX_API uint64_t px_loop_now(const px_loop *loop);
+
+/* Library version, e.g. "1.0.0". */
+PX_API const char *px_version(void);
+
+/* ------------------------------------------------------------------------ */
+/* I/O watchers, keyed by file descriptor                                    */
+/* ------------------------------------------------------------------------ */
+
+#define PX_READ    0x01u /* readable (or peer closed, or error)                */
+#define PX_WRITE   0x02u /* writable                                           */
+#define PX_ET      0x04u /* edge-triggered: drain (read/write until EAGAIN)    */
+#define PX_ONESHOT 0x08u /* disarm after one notification; re-arm: px_io_mod   */
+#define PX_HUP     0x10u /* revents only: peer hung up                         */
+#define PX_ERR     0x20u /* revents only: error pending, or fd closed          */
+
+typedef void px_io_cb(px_loop *loop, int fd, unsigned revents, void *arg);
+
+/*
+ * px_io_add: watch fd for events (PX_READ | PX_WRITE, optionally PX_ET and
+ * PX_ONESHOT).  events == 0 registers the fd disarmed.
+ * Errors: -EINVAL NULL loop, NULL cb, or bits other than READ/WRITE/ET/ONESHOT
+ * (PX_HUP/PX_ERR included); -EBADF negative fd, or an fd that is not open
+ * when the table must grow for it; -EEXIST already registered (also a reused
+ * number that was closed without px_io_del); -EPERM epoll and a regular file
+ * (select and poll report regular files always ready); -ENOMEM; other errors
+ * of epoll_ctl.  On error nothing is registered.
+ *
+ * Delivery: at most one callback per fd per iteration.  revents holds the
+ * armed directions that are ready; on hang-up or error, PX_HUP / PX_ERR are
+ * set together with every armed direction, so a PX_READ-only watcher wakes up
+ * and sees recv() == 0 or the error.  PX_HUP is POLLHUP/EPOLLHUP, and, on poll
+ * and epoll for a watcher armed for PX_READ, the peer's shutdown of writing
+ * (RDHUP); select cannot see hang-ups and reports them as readiness.
+ * A disarmed watcher (events == 0, or a PX_ONESHOT that fired) gets no
+ * callback, not even for hang-up or error.
+ *
+ * PX_ET works on every backend.  epoll does it in the kernel.  select and poll
+ * emulate it: after a callback, each direction that is still ready once the
+ * iteration's callbacks have run is treated as idle (a writable socket with
+ * nothing to write, a read side at end of file) and is not reported again
+ * until it has been seen not ready, until px_io_mod, or until re-adding.
+ * Code that reads or writes until EAGAIN behaves as on epoll, and an idle,
+ * writable PX_ET watcher does not make the loop spin.  Only code that drains
+ * to EAGAIN has defined behaviour under PX_ET.
+ *
+ * A registered fd that is closed: select and poll report PX_ERR (with the
+ * armed directions) once, then the watcher stays registered but disarmed;
+ * epoll's kernel set forgets it silently.  Close an fd only after px_io_del.
+ */
+PX_API int px_io_add(px_loop *loop, int fd, unsigned events, px_io_cb *cb, void *arg);
+
+/* Changes the mask (same cb and arg).  Re-arms a fired PX_ONESHOT watcher and
+ * resets PX_ET emulation state.  Errors: -EINVAL, -EBADF negative fd,
+ * -ENOENT not registered, -EPERM/-ENOMEM/... from epoll_ctl (the old mask
+ * stays in force then). */
+PX_API int px_io_mod(px_loop *loop, int fd, unsigned events);
+
+/* Unregisters fd; discards its send queue; cancels a pending px_connect on it
+ * without a callback; removes an acceptor on it.  Succeeds (0) for an fd that
+ * was closed while registered.  Errors: -EINVAL NULL loop, -EBADF negative fd,
+ * -ENOENT not registered.  An fd deleted during an iteration gets no further
+ * callback from that iteration. */
+PX_API int px_io_del(px_loop *loop, int fd);
+
+/* ------------------------------------------------------------------------ */
+/* Timers                                                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef void px_timer_cb(px_loop *loop, int64_t id, void *arg);
+
+/*
+ * px_timer_add: calls cb once after_ms from now (the monotonic clock read
+ * inside this call), then every repeat_ms if repeat_ms > 0.  Never early;
+ * after_ms == 0 fires in the next iteration, never from inside this call.
+ * Timers due in the same iteration fire in order of due time, ties in order of
+ * creation.  Repeats are scheduled from the due time (no drift); when periods
+ * were missed, one firing stands for all of them and the next is one period
+ * after it.  Returns an id > 0 (never reused within the loop's life) or
+ * -EINVAL (NULL loop or cb), -ENOMEM.
+ */
+PX_API int64_t px_timer_add(px_loop *loop, uint64_t after_ms, uint64_t repeat_ms,
+                            px_timer_cb *cb, void *arg);
+
+/* Cancels a timer.  -ENOENT for an unknown id or a one-shot that has fired
+ * (including from its own callback); -EINVAL NULL loop.  A repeating timer may
+ * delete itself from its callback. */
+PX_API int px_timer_del(px_loop *loop, int64_t id);
+
+/* ------------------------------------------------------------------------ */
+/* Sockets: non-blocking helpers                                              */
+/* ------------------------------------------------------------------------ */
+
+/* Sets (on != 0) or clears O_NONBLOCK.  0, or -EBADF / -errno of fcntl. */
+PX_API int px_set_nonblock(int fd, int on);
+
+/*
+ * Blocking connect with a deadline: starts a non-blocking connect, waits for
+ * writability with poll() up to timeout_ms (< 0: no limit), reads the outcome
+ * with getsockopt(SO_ERROR) and restores the fd's original O_NONBLOCK flag on
+ * every path.  EINTR does not restart the clock.  Never closes fd.
+ * Returns 0, -ETIMEDOUT, or the connect error (-ECONNREFUSED, -ENETUNREACH,
+ * ...); -EINVAL NULL or too-short address, -EBADF bad fd, -ENOTSOCK,
+ * -EISCONN already connected, -EOPNOTSUPP/-EINVAL a listening socket.
+ */
+PX_API int px_connect_timeout(int fd, const struct sockaddr *sa, socklen_t salen,
+                              int timeout_ms);
+
+/*
+ * The same inside the loop: leaves fd non-blocking and calls cb exactly once,
+ * never from inside px_connect, with status 0 or -errno (-ETIMEDOUT
+ * included).  Returns 0 when started, or -errno when it failed at once (cb is
+ * then never called): -EINVAL (NULL loop/cb/address, short address),
+ * -EBADF, -ENOTSOCK, -EEXIST fd already registered, -ENOMEM, connect errors.
+ * The fd is registered while pending and unregistered before cb runs, so cb
+ * may px_io_add it; it is never closed.  px_io_del(fd) and px_loop_free
+ * cancel it without a callback.  A pending connect keeps px_loop_run alive.
+ * timeout_ms < 0: no deadline.
+ */
+typedef void px_connect_cb(px_loop *loop, int fd, int status, void *arg);
+PX_API int px_connect(px_loop *loop, int fd, const struct sockaddr *sa, socklen_t salen,
+                      int timeout_ms, px_connect_cb *cb, void *arg);
+
+/*
+ * One robust accept on a non-blocking listening socket (on a blocking one it
+ * may block).  Returns a connected fd that is non-blocking and close-on-exec;
+ * -EAGAIN when no connection is ready.  Connections that died in the queue
+ * (ECONNABORTED, EPROTO, and Linux's other pending network errors: ENETDOWN,
+ * ENOPROTOOPT, EHOSTDOWN, ENONET, EHOSTUNREACH, EOPNOTSUPP, ENETUNREACH) and
+ * EINTR are retried, never returned.  Other failures (-EMFILE, -ENFILE,
+ * -ENOBUFS, -ENOMEM, -EBADF, -ENOTSOCK, -EINVAL not listening, ...) are
+ * returned.  sa/salen may be NULL.
+ */
+PX_API int px_accept(int listen_fd, struct sockaddr *sa, socklen_t *salen);
+
+/*
+ * Accepting in the loop: sets listen_fd non-blocking and, each time it is
+ * readable, accepts the ready connections (at most a bounded batch per
+ * iteration, for fairness) and calls cb for each with a non-blocking,
+ * close-on-exec client fd that cb owns.  On a resource failure (EMFILE,
+ * ENFILE, ENOBUFS, ENOMEM) cb gets client_fd = -errno and peer NULL once per
+ * episode; the acceptor then backs off instead of spinning (it may accept and
+ * drop pending connections with a reserve fd to relieve EMFILE) and resumes by
+ * itself once accepting works.  Errors: -EINVAL (NULL loop/cb, socket not
+ * listening), -EBADF, -ENOTSOCK, -EEXIST fd already registered, -ENOMEM.
+ * px_acceptor_del: -ENOENT when fd is not an acceptor.  Neither closes
+ * listen_fd.
+ */
+typedef void px_accept_cb(px_loop *loop, int listen_fd, int client_fd,
+                          const struct sockaddr *peer, socklen_t peerlen, void *arg);
+PX_API int px_acceptor_add(px_loop *loop, int listen_fd, px_accept_cb *cb, void *arg);
+PX_API int px_acceptor_del(px_loop *loop, int listen_fd);
+
+/*
+ * A listening TCP socket: SO_REUSEADDR, non-blocking, close-on-exec.  host
+ * NULL means any address (dual-stack [::] where possible, so 127.0.0.1
+ * reaches it); IPv4 and IPv6 literals and names are accepted; port 0 is an
+ * ephemeral port; backlog <= 0 means SOMAXCONN.  Returns the fd or -errno
+ * (-ENOENT name does not resolve, -EADDRINUSE, ...).
+ */
+PX_API int px_listen_tcp(const char *host, uint16_t port, int backlog);
+
+/*
+ * A connected, blocking, close-on-exec TCP socket to host:port, trying each
+ * resolved address in turn until timeout_ms (< 0: no limit) has passed; the
+ * deadline covers connecting, not name resolution.  Returns the fd or -errno:
+ * -ENOENT the name does not resolve, -EINVAL NULL host, -ETIMEDOUT, or the
+ * last address's connect error.
+ */
+PX_API int px_connect_tcp(const char *host, uint16_t port, int timeout_ms);
+
+/* ------------------------------------------------------------------------ */
+/* Buffered sends                                                             */
+/* ------------------------------------------------------------------------ */
+
+typedef void px_drain_cb(px_loop *loop, int fd, int status, void *arg);
+
+/*
+ * px_send: sends what the kernel takes now and queues the rest (all or
+ * nothing); the queue is flushed in order whenever fd is writable, through
+ * write interest pollux keeps itself (never visible in revents unless the
+ * watcher asked for PX_WRITE).  fd must be registered with px_io_add.  Never
+ * raises SIGPIPE.  Errors: -EINVAL NULL loop or buf == NULL with len > 0
+ * (len == 0 is a no-op returning 0); -EBADF negative fd; -ENOENT
+ * unregistered; -ENOTSOCK not a socket; -ENOMEM the copy could not be made
+ * (nothing queued); the immediate send's error (-EPIPE, -ECONNRESET, ...),
+ * nothing queued; once a flush has failed, that error.
+ */
+PX_API int px_send(px_loop *loop, int fd, const void *buf, size_t len);
+
+/* Bytes accepted by px_send and not yet taken by the kernel (0 for unknown
+ * fds). */
+PX_API size_t px_send_pending(const px_loop *loop, int fd);
+
+/*
+ * Calls cb with status 0 each time the queue falls to low_water bytes or fewer
+ * after having been above it, and once with -errno when a send fails (the
+ * queue is then discarded; no drain callback follows).  cb == NULL turns
+ * notification off; a second call replaces the first.  Errors: -EINVAL,
+ * -EBADF, -ENOENT, -ENOTSOCK as for px_send.
+ */
+PX_API int px_send_notify(px_loop *loop, int fd, size_t low_water, px_drain_cb *cb,
+                          void *arg);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* POLLUX_H */

@@ -1,0 +1,126 @@
+#include <config.h>
+
+#ifdef HAVE_POLL
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pollux.h"
+#include "backend.h"
+
+/* A dense pollfd array (what poll() wants) and, per fd, its index there, so
+ * adding and removing are O(1): removal moves the last entry into the hole. */
+
+struct poll_state {
+	struct pollfd *pfd;
+	int n, cap;
+	int *idx; /* indexed by fd */
+	int idxcap;
+};
+
+static void *pl_create(void)
+{
+	return calloc(1, sizeof(struct poll_state));
+}
+
+static void pl_destroy(void *p)
+{
+	struct poll_state *st = p;
+
+	free(st->pfd);
+	free(st->idx);
+	free(st);
+}
+
+static short pl_mask(unsigned k)
+{
+	short m = 0;
+
+	if (k & PX_READ)
+		m |= POLLIN | POLLRDHUP;
+	if (k & PX_WRITE)
+		m |= POLLOUT;
+	return m;
+}
+
+static int pl_grow(struct poll_state *st, int fd)
+{
+	if (st->n == st->cap) {
+		int cap = st->cap ? st->cap * 2 : 64;
+		struct pollfd *p = realloc(st->pfd, (size_t)cap * sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		st->pfd = p;
+		st->cap = cap;
+	}
+	if (fd >= st->idxcap) {
+		size_t cap = st->idxcap ? (size_t)st->idxcap : 64;
+		while (cap <= (size_t)fd)
+			cap *= 2;
+		int *idx = realloc(st->idx, cap * sizeof(*idx));
+		if (!idx)
+			return -ENOMEM;
+		st->idx = idx;
+		st->idxcap = (int)cap;
+	}
+	return 0;
+}
+
+static int pl_ctl(void *p, int fd, unsigned oldk, unsigned newk)
+{
+	struct poll_state *st = p;
+
+	if (!oldk) {
+		int rc = pl_grow(st, fd);
+		if (rc < 0)
+			return rc;
+		st->idx[fd] = st->n;
+		st->pfd[st->n++] = (struct pollfd){ .fd = fd, .events = pl_mask(newk) };
+	} else if (!newk) {
+		int i = st->idx[fd];
+		st->pfd[i] = st->pfd[--st->n];
+		st->idx[st->pfd[i].fd] = i;
+	} else {
+		st->pfd[st->idx[fd]].events = pl_mask(newk);
+	}
+	return 0;
+}
+
+static int pl_wait(void *p, int timeout_ms, struct pxi_event *ev, int cap)
+{
+	struct poll_state *st = p;
+	int rc = poll(st->pfd, (nfds_t)st->n, timeout_ms);
+	int out = 0;
+
+	if (rc < 0)
+		return -errno;
+	for (int i = 0; i < st->n && out < rc && out < cap; i++) {
+		short e = st->pfd[i].revents;
+		if (!e)
+			continue;
+		unsigned r = 0;
+		if (e & POLLIN)
+			r |= PX_READ;
+		if (e & POLLOUT)
+			r |= PX_WRITE;
+		if (e & (POLLHUP | POLLRDHUP))
+			r |= PX_HUP;
+		if (e & POLLERR)
+			r |= PX_ERR;
+		if (e & POLLNVAL)
+			r |= PX_ERR | PXR_NVAL;
+		ev[out++] = (struct pxi_event){ st->pfd[i].fd, r };
+	}
+	return out;
+}
+
+const struct pxi_backend pxi_backend_poll = {
+	.name = "poll",
+	.native = 0,
+	.create = pl_create,
+	.destroy = pl_destroy,
+	.ctl = pl_ctl,
+	.wait = pl_wait,
+};
+#endif

@@ -1,0 +1,164 @@
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/select.h>
+
+#include "pollux.h"
+#include "backend.h"
+
+/* fd_set is a fixed FD_SETSIZE bits and FD_SET beyond it is undefined, so the
+ * sets here are our own word arrays, grown with the highest fd, in the
+ * kernel's layout (bit fd % BITS of word fd / BITS).  select() takes any nfds
+ * the process's fd table allows. */
+
+#define BITS (CHAR_BIT * sizeof(unsigned long))
+
+struct select_state {
+	unsigned long *rd, *wr;   /* interest */
+	unsigned long *ord, *owr; /* the copy select() overwrites */
+	size_t words;
+	int maxfd; /* -1 when empty */
+};
+
+static void *sel_create(void)
+{
+	struct select_state *st = calloc(1, sizeof(*st));
+
+	if (st)
+		st->maxfd = -1;
+	return st;
+}
+
+static void sel_destroy(void *p)
+{
+	struct select_state *st = p;
+
+	free(st->rd);
+	free(st->wr);
+	free(st->ord);
+	free(st->owr);
+	free(st);
+}
+
+static bool bit(const unsigned long *set, int fd)
+{
+	return set[(size_t)fd / BITS] >> ((size_t)fd % BITS) & 1u;
+}
+
+static void put(unsigned long *set, int fd, bool on)
+{
+	unsigned long m = 1ul << ((size_t)fd % BITS);
+
+	if (on)
+		set[(size_t)fd / BITS] |= m;
+	else
+		set[(size_t)fd / BITS] &= ~m;
+}
+
+static int sel_grow(struct select_state *st, int fd)
+{
+	size_t need = (size_t)fd / BITS + 1;
+
+	if (need <= st->words)
+		return 0;
+	size_t words = st->words ? st->words : FD_SETSIZE / BITS;
+	while (words < need)
+		words *= 2;
+	unsigned long **sets[] = { &st->rd, &st->wr, &st->ord, &st->owr };
+	for (size_t i = 0; i < 4; i++) {
+		unsigned long *s = realloc(*sets[i], words * sizeof(unsigned long));
+		if (!s)
+			return -ENOMEM; /* the sets grown so far stay valid and larger */
+		memset(s + st->words, 0, (words - st->words) * sizeof(unsigned long));
+		*sets[i] = s;
+	}
+	st->words = words;
+	return 0;
+}
+
+static void sel_fix_max(struct select_state *st)
+{
+	while (st->maxfd >= 0 && !bit(st->rd, st->maxfd) && !bit(st->wr, st->maxfd))
+		st->maxfd--;
+}
+
+static int sel_ctl(void *p, int fd, unsigned oldk, unsigned newk)
+{
+	struct select_state *st = p;
+	int rc = sel_grow(st, fd);
+
+	(void)oldk;
+	if (rc < 0)
+		return rc;
+	put(st->rd, fd, newk & PX_READ);
+	put(st->wr, fd, newk & PX_WRITE);
+	if (newk && fd > st->maxfd)
+		st->maxfd = fd;
+	else if (!newk && fd == st->maxfd)
+		sel_fix_max(st);
+	return 0;
+}
+
+/* select() fails as a whole with EBADF when any fd in the sets was closed:
+ * find those, report each once as an error, and drop them from the sets. */
+static int sel_reap(struct select_state *st, struct pxi_event *ev, int cap)
+{
+	int out = 0;
+
+	for (int fd = 0; fd <= st->maxfd && out < cap; fd++) {
+		if (!bit(st->rd, fd) && !bit(st->wr, fd))
+			continue;
+		if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
+			continue;
+		put(st->rd, fd, false);
+		put(st->wr, fd, false);
+		ev[out++] = (struct pxi_event){ fd, PX_ERR | PXR_NVAL };
+	}
+	sel_fix_max(st);
+	return out ? out : -EBADF;
+}
+
+static int sel_wait(void *p, int timeout_ms, struct pxi_event *ev, int cap)
+{
+	struct select_state *st = p;
+	struct timeval tv, *tvp = NULL;
+	int nfds = st->maxfd + 1;
+	size_t words = (size_t)nfds / BITS + 1;
+
+	if (timeout_ms >= 0) {
+		tv.tv_sec = timeout_ms / 1000;
+		tv.tv_usec = (timeout_ms % 1000) * 1000;
+		tvp = &tv;
+	}
+	if (nfds > 0) {
+		memcpy(st->ord, st->rd, words * sizeof(unsigned long));
+		memcpy(st->owr, st->wr, words * sizeof(unsigned long));
+	}
+	int rc = select(nfds, nfds ? (fd_set *)st->ord : NULL, nfds ? (fd_set *)st->owr : NULL,
+	                NULL, tvp);
+	if (rc < 0)
+		return errno == EBADF ? sel_reap(st, ev, cap) : -errno;
+	int out = 0;
+	for (int fd = 0; fd < nfds && rc > 0 && out < cap; fd++) {
+		unsigned r = (bit(st->ord, fd) ? PX_READ : 0) | (bit(st->owr, fd) ? PX_WRITE : 0);
+		if (!r)
+			continue;
+		rc -= (r & PX_READ ? 1 : 0) + (r & PX_WRITE ? 1 : 0);
+		ev[out++] = (struct pxi_event){ fd, r };
+	}
+	return out;
+}
+
+const struct pxi_backend pxi_backend_select = {
+	.name = "select",
+	.native = 0,
+	.create = sel_create,
+	.destroy = sel_destroy,
+	.ctl = sel_ctl,
+	.wait = sel_wait,
+};

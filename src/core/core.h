@@ -1,0 +1,114 @@
+/* Internal interface of the core: the loop's state and the hooks that the
+ * socket and send modules use.  Not installed.  Internal symbols use the
+ * pxi_ prefix and are not exported. */
+#ifndef PX_CORE_H
+#define PX_CORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "pollux.h"
+#include "backend.h"
+
+#define PX_RW   (PX_READ | PX_WRITE)
+#define PX_MASK (PX_READ | PX_WRITE | PX_ET | PX_ONESHOT)
+
+/* A watcher registered with an owner (connect, acceptor) is released through
+ * it when px_io_del or px_loop_free drops the registration.  The owner is the
+ * watcher's arg. */
+struct pxi_owner {
+	void (*release)(px_loop *loop, int fd, struct pxi_owner *self);
+};
+
+struct pxi_sendq; /* defined by src/core/send.c */
+
+/* watch.flags */
+#define W_QUIET_R 0x01u /* ET emulation: read side idle (end of file) */
+#define W_QUIET_W 0x02u /* ET emulation: write side idle */
+#define W_PROBE_R 0x04u /* ET emulation: check read side after this round */
+#define W_PROBE_W 0x08u
+#define W_LISTED  0x10u /* on loop->etlist */
+#define W_FRESH   0x20u /* registered after this iteration's wait: no stale events */
+#define W_OWNED   0x40u /* arg is a struct pxi_owner */
+
+struct pxi_watch {
+	px_io_cb *cb; /* NULL: not registered */
+	void *arg;
+	struct pxi_sendq *sq; /* buffered sends, NULL when none */
+	uint8_t events;       /* the user's mask (READ/WRITE/ET/ONESHOT) */
+	uint8_t kev;          /* what the backend holds (see backend.h) */
+	uint8_t lib;          /* the library's own interest (PX_WRITE for sends) */
+	uint8_t flags;
+};
+
+struct pxi_timer_slot; /* timer.c */
+struct pxi_heap_node;  /* timer.c */
+struct pollfd;
+
+struct px_loop {
+	const struct pxi_backend *be;
+	void *bst;
+
+	struct pxi_watch *w; /* indexed by fd */
+	int wcap;
+	int nwatch;  /* registered fds */
+	int nkernel; /* fds the backend holds */
+
+	struct pxi_event *ev;
+	int evcap;
+
+	int *etlist; /* fds needing an ET emulation check */
+	int etlen, etcap;
+	int *fresh; /* fds marked W_FRESH in this iteration */
+	int freshlen, freshcap;
+	struct pollfd *etpfd; /* scratch for the ET emulation check */
+	int etpfdcap;
+
+	/* timers (timer.c) */
+	struct pxi_heap_node *heap;
+	int heaplen, heapcap;
+	struct pxi_timer_slot *slots;
+	uint32_t nslots, slotcap, freeslot;
+	uint64_t timer_seq;
+	int64_t *due; /* ids of timers being fired this round */
+	int duelen, duecap;
+	uint32_t ntimers;
+
+	uint64_t now_ns;
+	int npending; /* pending connects and other keep-alive work */
+	bool running;
+	bool in_cb_window; /* between a wait and the end of its dispatch */
+	bool stop;
+	bool ran_cb; /* a callback ran in this iteration */
+	int depth;   /* > 0 while a callback runs */
+};
+
+/* clock.c */
+uint64_t pxi_clock_ns(void);
+
+/* timer.c */
+void pxi_timers_free(px_loop *loop);
+/* Nanoseconds until the next timer is due (0 if due), or UINT64_MAX. */
+uint64_t pxi_timers_next(px_loop *loop);
+void pxi_timers_run(px_loop *loop);
+
+/* io.c */
+int pxi_io_add_owned(px_loop *loop, int fd, unsigned events, px_io_cb *cb,
+                     struct pxi_owner *owner);
+struct pxi_owner *pxi_io_owner(px_loop *loop, int fd); /* NULL if none */
+struct pxi_watch *pxi_io_get(const px_loop *loop, int fd); /* NULL if unregistered */
+/* Sets or clears the library's own write interest for fd (registered). */
+int pxi_io_lib_write(px_loop *loop, int fd, bool on);
+void pxi_io_free_all(px_loop *loop);
+void pxi_io_dispatch(px_loop *loop, int n);
+void pxi_io_et_check(px_loop *loop);
+int pxi_io_reserve_events(px_loop *loop);
+
+/* send.c: called by io.c */
+void pxi_sendq_flush(px_loop *loop, int fd);   /* fd writable, lib interest set */
+void pxi_sendq_free(px_loop *loop, struct pxi_sendq *q);
+
+static inline void pxi_call_enter(px_loop *loop) { loop->depth++; loop->ran_cb = true; }
+static inline void pxi_call_leave(px_loop *loop) { loop->depth--; }
+
+#endif

@@ -1,0 +1,414 @@
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core.h"
+
+/* The quiet bits are laid out like the directions they silence. */
+_Static_assert(W_QUIET_R == PX_READ && W_QUIET_W == PX_WRITE, "quiet bits mirror PX_RW");
+_Static_assert((W_PROBE_R >> 2) == PX_READ && (W_PROBE_W >> 2) == PX_WRITE,
+               "probe bits mirror PX_RW");
+
+#define W_QUIET (W_QUIET_R | W_QUIET_W)
+#define W_PROBE (W_PROBE_R | W_PROBE_W)
+
+static bool emulates_et(const px_loop *loop, const struct pxi_watch *w)
+{
+	return (w->events & PX_ET) && !(loop->be->native & PX_ET);
+}
+
+/* What the kernel should watch for this watcher. */
+static unsigned want_kev(const px_loop *loop, const struct pxi_watch *w)
+{
+	unsigned native = loop->be->native;
+	unsigned rw = w->events & PX_RW;
+	unsigned k;
+
+	if (emulates_et(loop, w))
+		rw &= ~(w->flags & W_QUIET);
+	k = rw | w->lib;
+	if (!k)
+		return w->kev == PXK_INERT ? PXK_INERT : 0;
+	if (rw && (native & w->events & PX_ET))
+		k |= PX_ET;
+	/* A native one-shot would also silence the library's own interest. */
+	if (rw && !w->lib && (native & w->events & PX_ONESHOT))
+		k |= PX_ONESHOT;
+	return k;
+}
+
+static int io_sync(px_loop *loop, int fd)
+{
+	struct pxi_watch *w = &loop->w[fd];
+	unsigned k = want_kev(loop, w);
+	int rc;
+
+	if (k == w->kev)
+		return 0;
+	rc = loop->be->ctl(loop->bst, fd, w->kev, k);
+	if (rc < 0)
+		return rc;
+	if (!w->kev)
+		loop->nkernel++;
+	else if (!k)
+		loop->nkernel--;
+	w->kev = (uint8_t)k;
+	return 0;
+}
+
+static int vec_push(int **v, int *len, int *cap, int x)
+{
+	if (*len == *cap) {
+		int ncap = *cap ? *cap * 2 : 32;
+		int *nv = realloc(*v, (size_t)ncap * sizeof(**v));
+		if (!nv)
+			return -ENOMEM;
+		*v = nv;
+		*cap = ncap;
+	}
+	(*v)[(*len)++] = x;
+	return 0;
+}
+
+/* The table only grows for fds that are open, so a bogus huge number costs a
+ * fcntl, not a huge allocation. */
+static int tab_reserve(px_loop *loop, int fd)
+{
+	if (fd < loop->wcap)
+		return 0;
+	if (fcntl(fd, F_GETFD) < 0)
+		return -EBADF;
+	size_t cap = loop->wcap ? (size_t)loop->wcap : 64;
+	while (cap <= (size_t)fd)
+		cap *= 2;
+	if (cap > (size_t)INT_MAX)
+		cap = (size_t)INT_MAX;
+	struct pxi_watch *w = realloc(loop->w, cap * sizeof(*w));
+	if (!w)
+		return -ENOMEM;
+	memset(w + loop->wcap, 0, (cap - (size_t)loop->wcap) * sizeof(*w));
+	loop->w = w;
+	loop->wcap = (int)cap;
+	return 0;
+}
+
+static int check_events(unsigned events)
+{
+	return (events & ~PX_MASK) ? -EINVAL : 0;
+}
+
+static int io_add(px_loop *loop, int fd, unsigned events, px_io_cb *cb, void *arg,
+                  uint8_t flags)
+{
+	int rc;
+
+	if (!loop || !cb)
+		return -EINVAL;
+	if (fd < 0)
+		return -EBADF;
+	if ((rc = check_events(events)) < 0)
+		return rc;
+	if ((rc = tab_reserve(loop, fd)) < 0)
+		return rc;
+	struct pxi_watch *w = &loop->w[fd];
+	if (w->cb)
+		return -EEXIST;
+	if (loop->in_cb_window &&
+	    (rc = vec_push(&loop->fresh, &loop->freshlen, &loop->freshcap, fd)) < 0)
+		return rc;
+	/* kev survives: a fired native one-shot of a deleted watcher is gone
+	 * from the kernel already (del removed it), so kev is 0 here. */
+	w->cb = cb;
+	w->arg = arg;
+	w->sq = NULL;
+	w->events = (uint8_t)events;
+	w->lib = 0;
+	w->flags = (uint8_t)(flags | (loop->in_cb_window ? W_FRESH : 0));
+	rc = io_sync(loop, fd);
+	if (rc < 0) {
+		w->cb = NULL;
+		w->arg = NULL;
+		w->flags = 0;
+		w->events = 0;
+		return rc;
+	}
+	loop->nwatch++;
+	return 0;
+}
+
+int px_io_add(px_loop *loop, int fd, unsigned events, px_io_cb *cb, void *arg)
+{
+	return io_add(loop, fd, events, cb, arg, 0);
+}
+
+int pxi_io_add_owned(px_loop *loop, int fd, unsigned events, px_io_cb *cb,
+                     struct pxi_owner *owner)
+{
+	return io_add(loop, fd, events, cb, owner, W_OWNED);
+}
+
+struct pxi_watch *pxi_io_get(const px_loop *loop, int fd)
+{
+	if (!loop || fd < 0 || fd >= loop->wcap || !loop->w[fd].cb)
+		return NULL;
+	return &loop->w[fd];
+}
+
+struct pxi_owner *pxi_io_owner(px_loop *loop, int fd)
+{
+	struct pxi_watch *w = pxi_io_get(loop, fd);
+
+	return w && (w->flags & W_OWNED) ? w->arg : NULL;
+}
+
+int px_io_mod(px_loop *loop, int fd, unsigned events)
+{
+	int rc;
+
+	if (!loop)
+		return -EINVAL;
+	if (fd < 0)
+		return -EBADF;
+	if ((rc = check_events(events)) < 0)
+		return rc;
+	struct pxi_watch *w = pxi_io_get(loop, fd);
+	if (!w)
+		return -ENOENT;
+	uint8_t old_events = w->events, old_flags = w->flags;
+	w->events = (uint8_t)events;
+	w->flags &= (uint8_t)~(W_QUIET | W_PROBE);
+	rc = io_sync(loop, fd);
+	if (rc < 0) {
+		w->events = old_events;
+		w->flags = old_flags;
+	}
+	return rc;
+}
+
+int pxi_io_lib_write(px_loop *loop, int fd, bool on)
+{
+	struct pxi_watch *w = pxi_io_get(loop, fd);
+
+	if (!w)
+		return -ENOENT;
+	uint8_t old = w->lib;
+	w->lib = on ? PX_WRITE : 0;
+	int rc = io_sync(loop, fd);
+	if (rc < 0)
+		w->lib = old;
+	return rc;
+}
+
+/* Drops the registration; the caller has checked it exists. */
+static void io_drop(px_loop *loop, int fd, bool tell_kernel)
+{
+	struct pxi_watch *w = &loop->w[fd];
+	struct pxi_sendq *sq = w->sq;
+	struct pxi_owner *owner = (w->flags & W_OWNED) ? w->arg : NULL;
+
+	if (w->kev && tell_kernel) {
+		/* Failure means the fd was closed (the kernel forgot it already);
+		 * the registration goes either way. */
+		(void)loop->be->ctl(loop->bst, fd, w->kev, 0);
+	}
+	if (w->kev)
+		loop->nkernel--;
+	memset(w, 0, sizeof(*w));
+	loop->nwatch--;
+	if (sq)
+		pxi_sendq_free(loop, sq);
+	if (owner)
+		owner->release(loop, fd, owner);
+}
+
+int px_io_del(px_loop *loop, int fd)
+{
+	if (!loop)
+		return -EINVAL;
+	if (fd < 0)
+		return -EBADF;
+	if (!pxi_io_get(loop, fd))
+		return -ENOENT;
+	io_drop(loop, fd, true);
+	return 0;
+}
+
+void pxi_io_free_all(px_loop *loop)
+{
+	for (int fd = 0; fd < loop->wcap && loop->nwatch > 0; fd++)
+		if (loop->w[fd].cb)
+			io_drop(loop, fd, false);
+	free(loop->w);
+	free(loop->ev);
+	free(loop->etlist);
+	free(loop->fresh);
+	free(loop->etpfd);
+	loop->w = NULL;
+	loop->ev = NULL;
+	loop->etlist = loop->fresh = NULL;
+	loop->etpfd = NULL;
+	loop->wcap = loop->evcap = loop->etcap = loop->etlen = 0;
+	loop->freshcap = loop->freshlen = loop->etpfdcap = 0;
+}
+
+int pxi_io_reserve_events(px_loop *loop)
+{
+	int need = loop->nkernel > 0 ? loop->nkernel : 1;
+
+	if (need <= loop->evcap)
+		return 0;
+	int cap = loop->evcap ? loop->evcap : 64;
+	while (cap < need)
+		cap *= 2;
+	struct pxi_event *ev = realloc(loop->ev, (size_t)cap * sizeof(*ev));
+	if (!ev)
+		return -ENOMEM;
+	loop->ev = ev;
+	loop->evcap = cap;
+	return 0;
+}
+
+/* Applies what delivering an event does to the watcher's arming, before the
+ * callback runs (so the callback sees, and may change, the new state). */
+static void disarm_after(px_loop *loop, int fd, unsigned rev, unsigned out)
+{
+	struct pxi_watch *w = &loop->w[fd];
+
+	if ((rev & PXR_NVAL) || (w->events & PX_ONESHOT)) {
+		/* A closed fd is reported once; a one-shot fires once. */
+		w->events &= (uint8_t)~PX_RW;
+		w->flags &= (uint8_t)~(W_QUIET | W_PROBE);
+		(void)io_sync(loop, fd);
+	} else if (emulates_et(loop, w)) {
+		w->flags |= (uint8_t)((out & PX_RW) << 2);
+		if (!(w->flags & W_LISTED) &&
+		    vec_push(&loop->etlist, &loop->etlen, &loop->etcap, fd) == 0)
+			w->flags |= W_LISTED;
+	}
+}
+
+void pxi_io_dispatch(px_loop *loop, int n)
+{
+	for (int i = 0; i < n; i++) {
+		int fd = loop->ev[i].fd;
+		unsigned rev = loop->ev[i].revents;
+
+		if (fd < 0 || fd >= loop->wcap)
+			continue;
+		struct pxi_watch *w = &loop->w[fd];
+		if (!w->cb || (w->flags & W_FRESH))
+			continue; /* deleted, or re-added after the wait: stale */
+		if (w->kev & PX_ONESHOT)
+			w->kev = PXK_INERT; /* the kernel disarmed it */
+
+		if ((w->lib & PX_WRITE) && w->sq && (rev & (PX_WRITE | PX_HUP | PX_ERR))) {
+			pxi_sendq_flush(loop, fd);
+			w = pxi_io_get(loop, fd);
+			if (!w || (w->flags & W_FRESH))
+				continue;
+		}
+
+		unsigned armed = w->events & PX_RW;
+		if (emulates_et(loop, w))
+			armed &= ~(unsigned)(w->flags & W_QUIET);
+		unsigned out = rev & armed;
+		unsigned bad = rev & (PX_HUP | PX_ERR);
+		if (bad && armed)
+			out |= armed | bad;
+		if (!(out & PX_RW)) {
+			if (w->kev == PXK_INERT && (w->events & PX_RW))
+				(void)io_sync(loop, fd); /* re-arm what the one-shot hid */
+			continue;
+		}
+		disarm_after(loop, fd, rev, out);
+		px_io_cb *cb = w->cb;
+		void *arg = w->arg;
+		pxi_call_enter(loop);
+		cb(loop, fd, out, arg);
+		pxi_call_leave(loop);
+	}
+	for (int i = 0; i < loop->freshlen; i++) {
+		int fd = loop->fresh[i];
+		if (fd < loop->wcap)
+			loop->w[fd].flags &= (uint8_t)~W_FRESH;
+	}
+	loop->freshlen = 0;
+}
+
+/*
+ * PX_ET on backends that only know level-triggered readiness.  After a
+ * round of callbacks, one poll(0) looks at each direction that was just
+ * delivered, and at each write side that was found idle before:
+ *  - still writable: the callback did not fill it, so the next edge can only
+ *    come after it fills; silence it (no spin on an idle writable socket);
+ *  - not writable: a real edge will follow; keep it in the kernel set;
+ *  - still readable with a hang-up: end of file, no further edge; silence it;
+ *  - readable without a hang-up: after a drain to EAGAIN that is new data;
+ *    keep it (level delivery is exact for draining code).
+ */
+void pxi_io_et_check(px_loop *loop)
+{
+	int n = 0;
+
+	if (loop->etpfdcap < loop->etlen) {
+		struct pollfd *p = realloc(loop->etpfd, (size_t)loop->etlen * sizeof(*p));
+		if (!p)
+			return; /* try again after the next round */
+		loop->etpfd = p;
+		loop->etpfdcap = loop->etlen;
+	}
+	for (int i = 0; i < loop->etlen; i++) {
+		int fd = loop->etlist[i];
+		struct pxi_watch *w = pxi_io_get(loop, fd);
+		if (!w || !(w->flags & W_LISTED))
+			continue;
+		unsigned dirs = ((w->flags & W_PROBE) >> 2) | (w->flags & W_QUIET_W);
+		if (emulates_et(loop, w))
+			dirs &= w->events & PX_RW;
+		else
+			dirs = 0;
+		if (!dirs) {
+			w->flags &= (uint8_t)~(W_LISTED | W_PROBE);
+			continue;
+		}
+		short pev = 0;
+		if (dirs & PX_READ)
+			pev |= POLLIN | POLLRDHUP;
+		if (dirs & PX_WRITE)
+			pev |= POLLOUT;
+		loop->etpfd[n++] = (struct pollfd){ .fd = fd, .events = pev };
+	}
+	loop->etlen = 0;
+	if (n == 0)
+		return;
+	int rc;
+	do
+		rc = poll(loop->etpfd, (nfds_t)n, 0);
+	while (rc < 0 && errno == EINTR);
+
+	for (int i = 0; i < n; i++) {
+		int fd = loop->etpfd[i].fd;
+		short ev = loop->etpfd[i].events, rev = rc < 0 ? 0 : loop->etpfd[i].revents;
+		struct pxi_watch *w = &loop->w[fd];
+		uint8_t quiet = w->flags & W_QUIET;
+
+		if (rc >= 0 && !(rev & POLLNVAL)) {
+			if (ev & POLLOUT)
+				quiet = (rev & POLLOUT) ? quiet | W_QUIET_W : quiet & ~W_QUIET_W;
+			if (ev & POLLIN) {
+				bool eof = rev & (POLLRDHUP | POLLHUP | POLLERR);
+				quiet = (rev & POLLIN) && eof ? quiet | W_QUIET_R : quiet & ~W_QUIET_R;
+			}
+		}
+		w->flags = (uint8_t)((w->flags & ~(W_QUIET | W_PROBE | W_LISTED)) | quiet);
+		if ((quiet & W_QUIET_W) &&
+		    vec_push(&loop->etlist, &loop->etlen, &loop->etcap, fd) == 0)
+			w->flags |= W_LISTED; /* watch for the user filling it */
+		(void)io_sync(loop, fd);
+	}
+}

@@ -1,0 +1,215 @@
+#include <config.h>
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core.h"
+
+struct backend_name {
+	const char *name;
+	const struct pxi_backend *be; /* NULL: not built on this system */
+};
+
+/* Best first. */
+static const struct backend_name known[] = {
+#ifdef HAVE_EPOLL
+	{ "epoll", &pxi_backend_epoll },
+#else
+	{ "epoll", NULL },
+#endif
+#ifdef HAVE_POLL
+	{ "poll", &pxi_backend_poll },
+#else
+	{ "poll", NULL },
+#endif
+	{ "select", &pxi_backend_select },
+};
+
+static const char *const usable[] = {
+#ifdef HAVE_EPOLL
+	"epoll",
+#endif
+#ifdef HAVE_POLL
+	"poll",
+#endif
+	"select",
+	NULL,
+};
+
+const char *const *px_backends(void)
+{
+	return usable;
+}
+
+const char *px_version(void)
+{
+	return PACKAGE_VERSION;
+}
+
+static px_loop *loop_create(const struct pxi_backend *be)
+{
+	px_loop *loop = calloc(1, sizeof(*loop));
+
+	if (!loop) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	loop->be = be;
+	loop->bst = be->create();
+	if (!loop->bst) {
+		int err = errno ? errno : ENOMEM;
+		free(loop);
+		errno = err;
+		return NULL;
+	}
+	loop->freeslot = UINT32_MAX;
+	loop->now_ns = pxi_clock_ns();
+	return loop;
+}
+
+static px_loop *loop_new_named(const char *name)
+{
+	if (!name || !*name) {
+		/* Best available: a backend the kernel refuses (seccomp, old
+		 * kernels) yields to the next one. */
+		int err = ENOSYS;
+		for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+			if (!known[i].be)
+				continue;
+			px_loop *loop = loop_create(known[i].be);
+			if (loop)
+				return loop;
+			err = errno;
+		}
+		errno = err;
+		return NULL;
+	}
+	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+		if (strcasecmp(name, known[i].name) != 0)
+			continue;
+		if (!known[i].be) {
+			errno = ENOSYS;
+			return NULL;
+		}
+		return loop_create(known[i].be);
+	}
+	errno = EINVAL;
+	return NULL;
+}
+
+px_loop *px_loop_new(void)
+{
+	return loop_new_named(getenv("POLLUX_BACKEND"));
+}
+
+px_loop *px_loop_new_backend(const char *name)
+{
+	return loop_new_named(name);
+}
+
+void px_loop_free(px_loop *loop)
+{
+	if (!loop || loop->depth > 0 || loop->running)
+		return;
+	/* Owners (connects, acceptors) may delete their timers on release. */
+	pxi_io_free_all(loop);
+	pxi_timers_free(loop);
+	loop->be->destroy(loop->bst);
+	free(loop);
+}
+
+const char *px_loop_backend(const px_loop *loop)
+{
+	return loop ? loop->be->name : NULL;
+}
+
+uint64_t px_loop_now(const px_loop *loop)
+{
+	return loop ? loop->now_ns / 1000000u : 0;
+}
+
+void px_loop_stop(px_loop *loop)
+{
+	if (loop)
+		loop->stop = true;
+}
+
+static int ns_to_timeout(uint64_t ns)
+{
+	if (ns == UINT64_MAX)
+		return -1;
+	uint64_t ms = ns / 1000000u + (ns % 1000000u != 0); /* never wake early */
+	return ms > INT_MAX ? INT_MAX : (int)ms;
+}
+
+static int loop_wait(px_loop *loop, int timeout_ms)
+{
+	uint64_t start = loop->now_ns;
+
+	for (;;) {
+		int n = loop->be->wait(loop->bst, timeout_ms, loop->ev, loop->evcap);
+		loop->now_ns = pxi_clock_ns();
+		if (n != -EINTR)
+			return n;
+		if (timeout_ms > 0) {
+			uint64_t spent = loop->now_ns - start;
+			uint64_t total = (uint64_t)timeout_ms * 1000000u;
+			timeout_ms = spent >= total ? 0 : ns_to_timeout(total - spent);
+			start = loop->now_ns;
+		}
+	}
+}
+
+static int iterate(px_loop *loop, int timeout_ms)
+{
+	int n = pxi_io_reserve_events(loop);
+
+	if (n < 0)
+		return n;
+	n = loop_wait(loop, timeout_ms);
+	if (n < 0)
+		return n;
+	loop->ran_cb = false;
+	loop->in_cb_window = true;
+	pxi_timers_run(loop);
+	pxi_io_dispatch(loop, n);
+	loop->in_cb_window = false;
+	if (loop->etlen > 0 && loop->ran_cb)
+		pxi_io_et_check(loop);
+	return 0;
+}
+
+static bool alive(const px_loop *loop)
+{
+	return loop->nwatch > 0 || loop->ntimers > 0 || loop->npending > 0;
+}
+
+int px_loop_run(px_loop *loop, int mode)
+{
+	int rc = 0;
+
+	if (!loop || (mode != PX_RUN_DEFAULT && mode != PX_RUN_ONCE && mode != PX_RUN_NOWAIT))
+		return -EINVAL;
+	if (loop->depth > 0 || loop->running)
+		return -EBUSY;
+	loop->running = true;
+	loop->now_ns = pxi_clock_ns();
+	/* Writes made outside the loop may have filled an idle ET socket. */
+	if (loop->etlen > 0)
+		pxi_io_et_check(loop);
+
+	while (alive(loop)) {
+		int timeout = 0;
+		if (mode != PX_RUN_NOWAIT && !loop->stop)
+			timeout = ns_to_timeout(pxi_timers_next(loop));
+		rc = iterate(loop, timeout);
+		if (rc < 0 || loop->stop || mode != PX_RUN_DEFAULT)
+			break;
+	}
+	loop->stop = false;
+	loop->running = false;
+	return rc;
+}

@@ -1,0 +1,286 @@
+#include <config.h>
+
+#include <errno.h>
+#include <stdlib.h>
+
+#include "core.h"
+
+/* Timers live in a slab of slots (O(1) lookup by id) and a binary min-heap of
+ * (due, seq, slot) ordered by due time, then creation.  An id is
+ * (generation << 32 | slot); a slot's generation only grows and a slot whose
+ * generation would leave 31 bits is retired, so ids are never reused. */
+
+#define GEN_MAX 0x7fffffffu
+#define NO_HEAP UINT32_MAX
+
+struct pxi_heap_node {
+	uint64_t due;
+	uint64_t seq;
+	uint32_t slot;
+};
+
+struct pxi_timer_slot {
+	uint64_t due;
+	uint64_t repeat_ns;
+	uint64_t seq; /* creation order, the tie-break between equal due times */
+	px_timer_cb *cb; /* NULL: slot free */
+	void *arg;
+	uint32_t gen;
+	uint32_t heap; /* index in the heap, NO_HEAP while being fired */
+	uint32_t next_free;
+};
+
+static uint64_t add_sat(uint64_t a, uint64_t b)
+{
+	return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
+static uint64_t ms_to_ns(uint64_t ms)
+{
+	return ms > UINT64_MAX / 1000000u ? UINT64_MAX : ms * 1000000u;
+}
+
+static bool node_less(const struct pxi_heap_node *a, const struct pxi_heap_node *b)
+{
+	return a->due < b->due || (a->due == b->due && a->seq < b->seq);
+}
+
+static void heap_set(px_loop *loop, uint32_t i, struct pxi_heap_node n)
+{
+	loop->heap[i] = n;
+	loop->slots[n.slot].heap = i;
+}
+
+static void heap_up(px_loop *loop, uint32_t i)
+{
+	struct pxi_heap_node n = loop->heap[i];
+
+	while (i > 0) {
+		uint32_t parent = (i - 1) / 2;
+		if (!node_less(&n, &loop->heap[parent]))
+			break;
+		heap_set(loop, i, loop->heap[parent]);
+		i = parent;
+	}
+	heap_set(loop, i, n);
+}
+
+static void heap_down(px_loop *loop, uint32_t i)
+{
+	uint32_t len = (uint32_t)loop->heaplen;
+	struct pxi_heap_node n = loop->heap[i];
+
+	for (;;) {
+		uint32_t c = 2 * i + 1;
+		if (c >= len)
+			break;
+		if (c + 1 < len && node_less(&loop->heap[c + 1], &loop->heap[c]))
+			c++;
+		if (!node_less(&loop->heap[c], &n))
+			break;
+		heap_set(loop, i, loop->heap[c]);
+		i = c;
+	}
+	heap_set(loop, i, n);
+}
+
+static int heap_push(px_loop *loop, uint32_t slot)
+{
+	if (loop->heaplen == loop->heapcap) {
+		int cap = loop->heapcap ? loop->heapcap * 2 : 16;
+		struct pxi_heap_node *h = realloc(loop->heap, (size_t)cap * sizeof(*h));
+		if (!h)
+			return -ENOMEM;
+		loop->heap = h;
+		loop->heapcap = cap;
+	}
+	uint32_t i = (uint32_t)loop->heaplen++;
+	loop->heap[i] = (struct pxi_heap_node){ loop->slots[slot].due, loop->slots[slot].seq, slot };
+	heap_up(loop, i);
+	return 0;
+}
+
+static void heap_remove(px_loop *loop, uint32_t i)
+{
+	uint32_t last = (uint32_t)--loop->heaplen;
+
+	loop->slots[loop->heap[i].slot].heap = NO_HEAP;
+	if (i == last)
+		return;
+	heap_set(loop, i, loop->heap[last]);
+	if (i > 0 && node_less(&loop->heap[i], &loop->heap[(i - 1) / 2]))
+		heap_up(loop, i);
+	else
+		heap_down(loop, i);
+}
+
+static int slot_alloc(px_loop *loop, uint32_t *out)
+{
+	if (loop->freeslot != UINT32_MAX) {
+		*out = loop->freeslot;
+		loop->freeslot = loop->slots[*out].next_free;
+		return 0;
+	}
+	if (loop->nslots == loop->slotcap) {
+		if (loop->slotcap >= UINT32_MAX / 2)
+			return -ENOMEM;
+		uint32_t cap = loop->slotcap ? loop->slotcap * 2 : 16;
+		struct pxi_timer_slot *s = realloc(loop->slots, (size_t)cap * sizeof(*s));
+		if (!s)
+			return -ENOMEM;
+		loop->slots = s;
+		loop->slotcap = cap;
+	}
+	*out = loop->nslots++;
+	loop->slots[*out].gen = 0;
+	return 0;
+}
+
+static void slot_free(px_loop *loop, uint32_t slot)
+{
+	struct pxi_timer_slot *s = &loop->slots[slot];
+
+	s->cb = NULL;
+	s->arg = NULL;
+	s->heap = NO_HEAP;
+	loop->ntimers--;
+	if (s->gen >= GEN_MAX)
+		return; /* retired: its ids are spent */
+	s->next_free = loop->freeslot;
+	loop->freeslot = slot;
+}
+
+static struct pxi_timer_slot *slot_of(px_loop *loop, int64_t id, uint32_t *slot)
+{
+	if (id <= 0)
+		return NULL;
+	uint32_t i = (uint32_t)(id & 0xffffffff);
+	uint32_t gen = (uint32_t)(id >> 32);
+	if (i >= loop->nslots)
+		return NULL;
+	struct pxi_timer_slot *s = &loop->slots[i];
+	if (!s->cb || s->gen != gen)
+		return NULL;
+	*slot = i;
+	return s;
+}
+
+int64_t px_timer_add(px_loop *loop, uint64_t after_ms, uint64_t repeat_ms, px_timer_cb *cb,
+                     void *arg)
+{
+	uint32_t slot;
+	int rc;
+
+	if (!loop || !cb)
+		return -EINVAL;
+	rc = slot_alloc(loop, &slot);
+	if (rc < 0)
+		return rc;
+	struct pxi_timer_slot *s = &loop->slots[slot];
+	s->gen++;
+	s->due = add_sat(pxi_clock_ns(), ms_to_ns(after_ms));
+	s->repeat_ns = ms_to_ns(repeat_ms);
+	s->seq = ++loop->timer_seq;
+	s->cb = cb;
+	s->arg = arg;
+	loop->ntimers++;
+	rc = heap_push(loop, slot);
+	if (rc < 0) {
+		slot_free(loop, slot);
+		return rc;
+	}
+	return (int64_t)((uint64_t)s->gen << 32 | slot);
+}
+
+int px_timer_del(px_loop *loop, int64_t id)
+{
+	uint32_t slot;
+
+	if (!loop)
+		return -EINVAL;
+	struct pxi_timer_slot *s = slot_of(loop, id, &slot);
+	if (!s)
+		return -ENOENT;
+	if (s->heap != NO_HEAP)
+		heap_remove(loop, s->heap);
+	slot_free(loop, slot);
+	return 0;
+}
+
+uint64_t pxi_timers_next(px_loop *loop)
+{
+	if (loop->heaplen == 0)
+		return UINT64_MAX;
+	uint64_t due = loop->heap[0].due;
+	return due <= loop->now_ns ? 0 : due - loop->now_ns;
+}
+
+static int due_push(px_loop *loop, int64_t id)
+{
+	if (loop->duelen == loop->duecap) {
+		int cap = loop->duecap ? loop->duecap * 2 : 16;
+		int64_t *d = realloc(loop->due, (size_t)cap * sizeof(*d));
+		if (!d)
+			return -ENOMEM;
+		loop->due = d;
+		loop->duecap = cap;
+	}
+	loop->due[loop->duelen++] = id;
+	return 0;
+}
+
+/* Collect every timer due now before running any, so that timers added or
+ * re-armed by these callbacks wait for the next iteration. */
+void pxi_timers_run(px_loop *loop)
+{
+	uint64_t now = loop->now_ns;
+
+	loop->duelen = 0;
+	while (loop->heaplen > 0 && loop->heap[0].due <= now) {
+		uint32_t slot = loop->heap[0].slot;
+		if (due_push(loop, (int64_t)((uint64_t)loop->slots[slot].gen << 32 | slot)) < 0)
+			break; /* the rest stay in the heap for the next iteration */
+		heap_remove(loop, 0);
+	}
+
+	for (int i = 0; i < loop->duelen; i++) {
+		int64_t id = loop->due[i];
+		uint32_t slot;
+		struct pxi_timer_slot *s = slot_of(loop, id, &slot);
+		if (!s || s->heap != NO_HEAP)
+			continue; /* deleted by an earlier callback */
+		px_timer_cb *cb = s->cb;
+		void *arg = s->arg;
+		if (s->repeat_ns) {
+			uint64_t next = add_sat(s->due, s->repeat_ns);
+			if (next <= now) {
+				/* Missed periods collapse into one firing, at the last one. */
+				uint64_t k = (now - s->due) / s->repeat_ns;
+				next = s->due + k * s->repeat_ns;
+			}
+			s->due = next;
+			/* Cannot fail: the heap had room for this node a moment ago. */
+			(void)heap_push(loop, slot);
+		} else {
+			slot_free(loop, slot);
+		}
+		pxi_call_enter(loop);
+		cb(loop, id, arg);
+		pxi_call_leave(loop);
+	}
+	loop->duelen = 0;
+}
+
+void pxi_timers_free(px_loop *loop)
+{
+	free(loop->heap);
+	free(loop->slots);
+	free(loop->due);
+	loop->heap = NULL;
+	loop->slots = NULL;
+	loop->due = NULL;
+	loop->heaplen = loop->heapcap = loop->duelen = loop->duecap = 0;
+	loop->nslots = loop->slotcap = 0;
+	loop->freeslot = UINT32_MAX;
+	loop->ntimers = 0;
+}
