@@ -147,19 +147,17 @@ static int ns_to_timeout(uint64_t ns)
 
 static int loop_wait(px_loop *loop, int timeout_ms)
 {
-	uint64_t start = loop->now_ns;
+	/* The deadline is fixed once: signals arriving faster than the
+	 * millisecond rounding must not keep pushing it out. */
+	uint64_t deadline = timeout_ms > 0 ? loop->now_ns + (uint64_t)timeout_ms * 1000000u : 0;
 
 	for (;;) {
 		int n = loop->be->wait(loop->bst, timeout_ms, loop->ev, loop->evcap);
 		loop->now_ns = pxi_clock_ns();
 		if (n != -EINTR)
 			return n;
-		if (timeout_ms > 0) {
-			uint64_t spent = loop->now_ns - start;
-			uint64_t total = (uint64_t)timeout_ms * 1000000u;
-			timeout_ms = spent >= total ? 0 : ns_to_timeout(total - spent);
-			start = loop->now_ns;
-		}
+		if (timeout_ms > 0)
+			timeout_ms = loop->now_ns >= deadline ? 0 : ns_to_timeout(deadline - loop->now_ns);
 	}
 }
 
@@ -203,6 +201,10 @@ int px_loop_run(px_loop *loop, int mode)
 
 	while (alive(loop)) {
 		int timeout = 0;
+		/* Callbacks take time: measure the next timer from now, not
+		 * from before they ran. */
+		if (loop->ran_cb)
+			loop->now_ns = pxi_clock_ns();
 		if (mode != PX_RUN_NOWAIT && !loop->stop)
 			timeout = ns_to_timeout(pxi_timers_next(loop));
 		rc = iterate(loop, timeout);

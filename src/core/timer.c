@@ -254,8 +254,11 @@ void pxi_timers_run(px_loop *loop)
 		if (s->repeat_ns) {
 			uint64_t next = add_sat(s->due, s->repeat_ns);
 			if (next <= now) {
-				/* Missed periods collapse into one firing, at the last one. */
-				uint64_t k = (now - s->due) / s->repeat_ns;
+				/* Fired late: this firing stands for every period
+				 * that has passed; the next is the first one ahead.
+				 * (Periods that pass while the callback runs are
+				 * caught up by one firing in the next iteration.) */
+				uint64_t k = (now - s->due) / s->repeat_ns + 1;
 				next = s->due + k * s->repeat_ns;
 			}
 			s->due = next;
