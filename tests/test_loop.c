@@ -1,0 +1,832 @@
+/* Loop life cycle, backend selection and run modes. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "testutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+/* ---- environment save/restore ------------------------------------------ */
+
+static char *saved_env;
+static int saved_env_set;
+
+static void env_save(void)
+{
+	const char *v = getenv("POLLUX_BACKEND");
+	saved_env_set = v != NULL;
+	saved_env = v ? strdup(v) : NULL;
+}
+
+static void env_restore(void)
+{
+	if (saved_env_set)
+		setenv("POLLUX_BACKEND", saved_env, 1);
+	else
+		unsetenv("POLLUX_BACKEND");
+	free(saved_env);
+	saved_env = NULL;
+}
+
+static int known_name(const char *n)
+{
+	return !strcmp(n, "select") || !strcmp(n, "poll") || !strcmp(n, "epoll");
+}
+
+static int rank(const char *n)
+{
+	return !strcmp(n, "epoll") ? 0 : !strcmp(n, "poll") ? 1 : 2;
+}
+
+static int available(const char *name)
+{
+	const char *const *b = px_backends();
+	for (int i = 0; b[i] && i < 8; i++)
+		if (!strcmp(b[i], name))
+			return 1;
+	return 0;
+}
+
+/* ---- backend selection ------------------------------------------------- */
+
+static void test_backend_bogus_name(void **state)
+{
+	(void)state;
+	static const char *bad[] = {"bogus", "selec", "epoll ", " poll", "poll2", "kqueue",
+	                            "io_uring", "e"};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		errno = 0;
+		px_loop *l = px_loop_new_backend(bad[i]);
+		if (l)
+			fail_msg("px_loop_new_backend(\"%s\") succeeded (%s)", bad[i],
+			         px_loop_backend(l));
+		assert_int_equal(errno, EINVAL);
+	}
+}
+
+static void test_backend_env_bogus(void **state)
+{
+	(void)state;
+	env_save();
+	setenv("POLLUX_BACKEND", "bogus", 1);
+	errno = 0;
+	px_loop *l = px_loop_new();
+	int e = errno;
+	env_restore();
+	if (l) {
+		px_loop_free(l);
+		fail_msg("POLLUX_BACKEND=bogus: px_loop_new succeeded");
+	}
+	assert_int_equal(e, EINVAL);
+}
+
+/* POLLUX_BACKEND is read by every px_loop_new call, case-insensitively. */
+static void test_backend_env_read_every_call(void **state)
+{
+	(void)state;
+	const char *const *b = px_backends();
+	env_save();
+	for (int i = 0; b[i] && i < 8; i++) {
+		char up[32];
+		size_t k;
+		for (k = 0; b[i][k] && k < sizeof up - 1; k++)
+			up[k] = (char)(k % 2 ? b[i][k] - 32 : b[i][k]); /* "pOlL" */
+		up[k] = 0;
+		setenv("POLLUX_BACKEND", up, 1);
+		px_loop *l = px_loop_new();
+		if (!l) {
+			env_restore();
+			fail_msg("POLLUX_BACKEND=%s: %s", up, strerror(errno));
+		}
+		int ok = strcmp(px_loop_backend(l), b[i]) == 0;
+		px_loop_free(l);
+		if (!ok) {
+			env_restore();
+			fail_msg("POLLUX_BACKEND=%s gave another backend", up);
+		}
+	}
+	/* empty means best */
+	setenv("POLLUX_BACKEND", "", 1);
+	px_loop *l = px_loop_new();
+	int ok = l && strcmp(px_loop_backend(l), b[0]) == 0;
+	px_loop_free(l);
+	unsetenv("POLLUX_BACKEND");
+	px_loop *l2 = px_loop_new();
+	int ok2 = l2 && strcmp(px_loop_backend(l2), b[0]) == 0;
+	px_loop_free(l2);
+	env_restore();
+	assert_true(ok);
+	assert_true(ok2);
+}
+
+static void test_backend_case_insensitive(void **state)
+{
+	(void)state;
+	static const char *names[][2] = {{"EPoll", "epoll"}, {"EPOLL", "epoll"},
+	                                 {"Poll", "poll"},   {"POLL", "poll"},
+	                                 {"SeLeCt", "select"}, {"SELECT", "select"}};
+	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+		errno = 0;
+		px_loop *l = px_loop_new_backend(names[i][0]);
+		if (!available(names[i][1])) {
+			assert_null(l);
+			assert_int_equal(errno, ENOSYS);
+			continue;
+		}
+		if (!l)
+			fail_msg("px_loop_new_backend(\"%s\"): %s", names[i][0], strerror(errno));
+		assert_string_equal(px_loop_backend(l), names[i][1]);
+		px_loop_free(l);
+	}
+}
+
+static void test_backend_best(void **state)
+{
+	(void)state;
+	const char *const *b = px_backends();
+	px_loop *l = px_loop_new_backend(NULL);
+	assert_non_null(l);
+	assert_string_equal(px_loop_backend(l), b[0]);
+	px_loop_free(l);
+	l = px_loop_new_backend("");
+	assert_non_null(l);
+	assert_string_equal(px_loop_backend(l), b[0]);
+	px_loop_free(l);
+#ifdef __linux__
+	/* epoll exists on every Linux this project targets */
+	assert_string_equal(b[0], "epoll");
+#endif
+}
+
+static void test_backends_list(void **state)
+{
+	(void)state;
+	const char *const *b = px_backends();
+	int n = 0;
+	assert_non_null(b);
+	while (n < 8 && b[n])
+		n++;
+	assert_true(n >= 1);
+	assert_true(n <= 3); /* NULL-terminated within the 3 known names */
+	assert_null(b[n]);
+	for (int i = 0; i < n; i++) {
+		assert_true(known_name(b[i]));
+		for (int j = 0; j < i; j++) {
+			assert_string_not_equal(b[i], b[j]);
+			assert_true(rank(b[j]) < rank(b[i])); /* best first */
+		}
+		px_loop *l = px_loop_new_backend(b[i]);
+		if (!l)
+			fail_msg("listed backend %s: %s", b[i], strerror(errno));
+		assert_string_equal(px_loop_backend(l), b[i]);
+		/* a usable loop: a 0 ms timer fires */
+		int fired = 0;
+		assert_true(px_timer_add(l, 0, 0, tu_count_timer_cb, &fired) > 0);
+		assert_int_equal(px_loop_run(l, PX_RUN_ONCE), 0);
+		assert_int_equal(fired, 1);
+		px_loop_free(l);
+	}
+#ifdef __linux__
+	assert_int_equal(n, 3);
+#endif
+	/* the same list on every call */
+	assert_ptr_equal(px_backends()[0], b[0]);
+}
+
+static void test_new_backend_ignores_env(void **state)
+{
+	(void)state;
+	env_save();
+	setenv("POLLUX_BACKEND", "bogus", 1);
+	px_loop *l = px_loop_new_backend("poll");
+	px_loop *l2 = px_loop_new_backend(NULL);
+	env_restore();
+	assert_non_null(l);
+	assert_string_equal(px_loop_backend(l), "poll");
+	assert_non_null(l2);
+	assert_string_equal(px_loop_backend(l2), px_backends()[0]);
+	px_loop_free(l);
+	px_loop_free(l2);
+}
+
+static void test_null_arguments(void **state)
+{
+	(void)state;
+	px_loop_free(NULL);
+	px_loop_stop(NULL);
+	assert_int_equal(px_loop_now(NULL), 0);
+	assert_int_equal(px_loop_run(NULL, PX_RUN_NOWAIT), -EINVAL);
+	assert_int_equal(px_io_add(NULL, 0, PX_READ, tu_rec_cb, NULL), -EINVAL);
+	assert_int_equal(px_io_mod(NULL, 0, PX_READ), -EINVAL);
+	assert_int_equal(px_io_del(NULL, 0), -EINVAL);
+	assert_int_equal(px_timer_add(NULL, 0, 0, tu_count_timer_cb, NULL), -EINVAL);
+	assert_int_equal(px_timer_del(NULL, 1), -EINVAL);
+}
+
+static void test_version(void **state)
+{
+	(void)state;
+	const char *v = px_version();
+	assert_non_null(v);
+	assert_true(strlen(v) > 0);
+	assert_true(v[0] >= '0' && v[0] <= '9');
+}
+
+/* ---- px_loop_run argument checks and re-entrancy --------------------- */
+
+static void test_run_bad_mode(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	int fired = 0;
+	assert_true(px_timer_add(loop, 0, 0, tu_count_timer_cb, &fired) > 0);
+	assert_int_equal(px_loop_run(loop, 3), -EINVAL);
+	assert_int_equal(px_loop_run(loop, -1), -EINVAL);
+	assert_int_equal(px_loop_run(loop, 1000), -EINVAL);
+	assert_int_equal(fired, 0); /* nothing ran */
+	assert_int_equal(px_loop_run(loop, PX_RUN_NOWAIT), 0);
+	assert_int_equal(fired, 1);
+	px_loop_free(loop);
+}
+
+struct reent {
+	int calls;
+	int rc[3];
+};
+
+static void reent_timer_cb(px_loop *loop, int64_t id, void *arg)
+{
+	(void)id;
+	struct reent *r = arg;
+	r->calls++;
+	r->rc[0] = px_loop_run(loop, PX_RUN_DEFAULT);
+	r->rc[1] = px_loop_run(loop, PX_RUN_ONCE);
+	r->rc[2] = px_loop_run(loop, PX_RUN_NOWAIT);
+}
+
+static void reent_io_cb(px_loop *loop, int fd, unsigned revents, void *arg)
+{
+	(void)fd;
+	(void)revents;
+	reent_timer_cb(loop, 0, arg);
+}
+
+static void test_run_reentrant_busy(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	struct reent rt = {0}, ri = {0};
+	int sv[2];
+	tu_socketpair(sv);
+	assert_true(px_timer_add(loop, 0, 0, reent_timer_cb, &rt) > 0);
+	assert_int_equal(px_io_add(loop, sv[0], PX_WRITE, reent_io_cb, &ri), 0);
+	assert_int_equal(px_loop_run(loop, PX_RUN_ONCE), 0);
+	assert_int_equal(rt.calls, 1);
+	assert_int_equal(ri.calls, 1);
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(rt.rc[i], -EBUSY);
+		assert_int_equal(ri.rc[i], -EBUSY);
+	}
+	/* the loop still works afterwards */
+	assert_int_equal(px_loop_run(loop, PX_RUN_NOWAIT), 0);
+	assert_int_equal(ri.calls, 2);
+	assert_int_equal(px_io_del(loop, sv[0]), 0);
+	px_loop_free(loop);
+	tu_close_pair(sv);
+}
+
+/* A second loop may be run from a callback of the first: -EBUSY is per loop. */
+static void other_loop_cb(px_loop *loop, int64_t id, void *arg)
+{
+	(void)loop;
+	(void)id;
+	px_loop *other = arg;
+	int fired = 0;
+	assert_true(px_timer_add(other, 0, 0, tu_count_timer_cb, &fired) > 0);
+	assert_int_equal(px_loop_run(other, PX_RUN_ONCE), 0);
+	assert_int_equal(fired, 1);
+}
+
+static void test_run_other_loop_from_callback(void **state)
+{
+	(void)state;
+	px_loop *a = tu_loop(), *b = tu_loop();
+	assert_true(px_timer_add(a, 0, 0, other_loop_cb, b) > 0);
+	assert_int_equal(px_loop_run(a, PX_RUN_ONCE), 0);
+	px_loop_free(a);
+	px_loop_free(b);
+}
+
+static void free_self_cb(px_loop *loop, int64_t id, void *arg)
+{
+	(void)id;
+	(*(int *)arg)++;
+	px_loop_free(loop); /* documented: does nothing from a callback */
+}
+
+static void test_free_from_callback_ignored(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	int n = 0, m = 0;
+	assert_true(px_timer_add(loop, 0, 0, free_self_cb, &n) > 0);
+	assert_true(px_timer_add(loop, 0, 0, tu_count_timer_cb, &m) > 0);
+	assert_int_equal(px_loop_run(loop, PX_RUN_ONCE), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(m, 1);
+	/* still usable */
+	assert_true(px_timer_add(loop, 0, 0, tu_count_timer_cb, &m) > 0);
+	assert_int_equal(px_loop_run(loop, PX_RUN_ONCE), 0);
+	assert_int_equal(m, 2);
+	px_loop_free(loop);
+}
+
+static void never_timer_cb(px_loop *loop, int64_t id, void *arg)
+{
+	(void)loop;
+	(void)arg;
+	fail_msg("timer %lld must not fire", (long long)id);
+}
+
+static void test_free_with_watchers(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	int sv[2], sv2[2];
+	tu_socketpair(sv);
+	tu_socketpair(sv2);
+	tu_send1(sv[1]);
+	assert_int_equal(px_io_add(loop, sv[0], PX_READ | PX_WRITE, tu_never_cb, NULL), 0);
+	assert_int_equal(px_io_add(loop, sv[1], 0, tu_never_cb, NULL), 0);
+	assert_int_equal(px_io_add(loop, sv2[0], PX_READ | PX_ONESHOT, tu_never_cb, NULL), 0);
+	assert_true(px_timer_add(loop, 0, 0, never_timer_cb, NULL) > 0);
+	assert_true(px_timer_add(loop, 10, 10, never_timer_cb, NULL) > 0);
+	px_loop_free(loop); /* no callback, closes no user fd */
+	for (int i = 0; i < 2; i++) {
+		assert_int_not_equal(fcntl(sv[i], F_GETFD), -1);
+		assert_int_not_equal(fcntl(sv2[i], F_GETFD), -1);
+	}
+	assert_int_equal(tu_pending(sv[0]), 1);
+	/* the fds can be registered with a new loop */
+	loop = tu_loop();
+	struct tu_rec *r = calloc(1, sizeof *r);
+	assert_int_equal(px_io_add(loop, sv[0], PX_READ, tu_rec_cb, r), 0);
+	assert_int_equal(px_loop_run(loop, PX_RUN_ONCE), 0);
+	assert_int_equal(r->n, 1);
+	assert_int_equal(r->rev[0], PX_READ);
+	px_loop_free(loop);
+	free(r);
+	tu_close_pair(sv);
+	tu_close_pair(sv2);
+}
+
+/* ---- run modes ------------------------------------------------------- */
+
+static void test_run_default_empty(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	/* nothing registered: returns at once (the watchdog catches a hang) */
+	assert_int_equal(px_loop_run(loop, PX_RUN_DEFAULT), 0);
+	assert_int_equal(px_loop_run(loop, PX_RUN_DEFAULT), 0);
+	px_loop_free(loop);
+}
+
+static void test_run_default_until_last_timer(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	int a = 0, b = 0;
+	/* No stop timer here on purpose: it would keep the loop running.  The
+	 * watchdog bounds the test. */
+	uint64_t t0 = tu_now_ns();
+	assert_true(px_timer_add(loop, 20, 0, tu_count_timer_cb, &a) > 0);
+	assert_true(px_timer_add(loop, 40, 0, tu_count_timer_cb, &b) > 0);
+	assert_int_equal(px_loop_run(loop, PX_RUN_DEFAULT), 0);
+	assert_int_equal(a, 1);
+	assert_int_equal(b, 1);
+	assert_true(tu_now_ns() >= t0 + 40 * 1000000ull);
+	/* a deleted timer does not keep it running */
+	int64_t id = px_timer_add(loop, 10000, 0, never_timer_cb, NULL);
+	assert_true(id > 0);
+	assert_int_equal(px_timer_del(loop, id), 0);
+	assert_int_equal(px_loop_run(loop, PX_RUN_DEFAULT), 0);
+	px_loop_free(loop);
+}
+
+struct selfdel {
+	int calls;
+	int64_t id;
+	int at;
+};
+
+static void repeat_selfdel_cb(px_loop *loop, int64_t id, void *arg)
+{
+	struct selfdel *s = arg;
+	assert_int_equal(id, s->id);
+	if (++s->calls == s->at)
+		assert_int_equal(px_timer_del(loop, id), 0);
+}
+
+static void test_run_default_until_repeat_deleted(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	struct selfdel s = {.at = 3};
+	s.id = px_timer_add(loop, 1, 5, repeat_selfdel_cb, &s);
+	assert_true(s.id > 0);
+	assert_int_equal(px_loop_run(loop, PX_RUN_DEFAULT), 0); /* watchdog-bounded */
+	assert_int_equal(s.calls, 3);
+	px_loop_free(loop);
+}
+
+static void io_selfdel_cb(px_loop *loop, int fd, unsigned revents, void *arg)
+{
+	(*(int *)arg)++;
+	assert_int_equal(revents, PX_WRITE);
+	assert_int_equal(px_io_del(loop, fd), 0);
+}
+
+static void test_run_default_until_last_io_del(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	int sv[2], n = 0;
+	tu_socketpair(sv);
+	assert_int_equal(px_io_add(loop, sv[0], PX_WRITE, io_selfdel_cb, &n), 0);
+	assert_int_equal(px_loop_run(loop, PX_RUN_DEFAULT), 0); /* watchdog-bounded */
+	assert_int_equal(n, 1);
+	px_loop_free(loop);
+	tu_close_pair(sv);
+}
+
+static void test_run_default_disarmed_keeps_running(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	int sv[2];
+	tu_socketpair(sv);
+	tu_send1(sv[1]); /* readable, but the watcher is disarmed */
+	assert_int_equal(px_io_add(loop, sv[0], 0, tu_never_cb, NULL), 0);
+	double t0 = tu_now_ms();
+	assert_true(tu_run_for(loop, 100)); /* only the stop timer ends it */
+	assert_true(tu_now_ms() - t0 >= 100);
+	/* a fired oneshot keeps it running too */
+	assert_int_equal(px_io_del(loop, sv[0]), 0);
+	struct tu_rec *r = calloc(1, sizeof *r);
+	assert_int_equal(px_io_add(loop, sv[0], PX_READ | PX_ONESHOT, tu_rec_cb, r), 0);
+	assert_true(tu_run_for(loop, 100));
+	assert_int_equal(r->n, 1);
+	assert_int_equal(px_io_del(loop, sv[0]), 0);
+	px_loop_free(loop);
+	free(r);
+	tu_close_pair(sv);
+}
+
+static void test_run_once_empty(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	assert_int_equal(px_loop_run(loop, PX_RUN_ONCE), 0); /* watchdog-bounded */
+	assert_int_equal(px_loop_run(loop, PX_RUN_NOWAIT), 0);
+	px_loop_free(loop);
+}
+
+static void test_run_once_waits_for_timer(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	int fired = 0, later = 0;
+	uint64_t t0 = tu_now_ns();
+	assert_true(px_timer_add(loop, 50, 0, tu_count_timer_cb, &fired) > 0);
+	assert_true(px_timer_add(loop, 5000, 0, tu_count_timer_cb, &later) > 0);
+	assert_int_equal(px_loop_run(loop, PX_RUN_ONCE), 0);
+	assert_int_equal(fired, 1);
+	assert_int_equal(later, 0);
+	assert_true(tu_now_ns() >= t0 + 50 * 1000000ull);
+	px_loop_free(loop);
+}
+
+static void test_run_nowait_does_not_block(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	int sv[2], fired = 0;
+	tu_socketpair(sv);
+	assert_int_equal(px_io_add(loop, sv[0], PX_READ, tu_never_cb, NULL), 0);
+	assert_true(px_timer_add(loop, 10000, 0, tu_count_timer_cb, &fired) > 0);
+	double t0 = tu_now_ms();
+	for (int i = 0; i < 5; i++)
+		assert_int_equal(px_loop_run(loop, PX_RUN_NOWAIT), 0);
+	double dt = tu_now_ms() - t0;
+	assert_int_equal(fired, 0);
+	if (dt > 5000)
+		fail_msg("5 x PX_RUN_NOWAIT took %.0f ms", dt);
+	assert_int_equal(px_io_del(loop, sv[0]), 0);
+	px_loop_free(loop);
+	tu_close_pair(sv);
+}
+
+/* An idle loop (armed watcher that is never ready, a far timer) sleeps. */
+static void test_idle_no_spin(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	int sv[2];
+	tu_socketpair(sv);
+	assert_int_equal(px_io_add(loop, sv[0], PX_READ, tu_never_cb, NULL), 0);
+	struct tu_cpu c;
+	tu_cpu_begin(&c);
+	assert_true(tu_run_for(loop, 600));
+	double f = tu_cpu_end(&c);
+	if (f >= 0.25)
+		fail_msg("idle loop used %.0f%% CPU", f * 100);
+	assert_int_equal(px_io_del(loop, sv[0]), 0);
+	px_loop_free(loop);
+	tu_close_pair(sv);
+}
+
+/* ---- px_loop_stop ------------------------------------------------------ */
+
+struct stopctx {
+	int timer_calls;
+	int io_calls;
+	int stop_at;
+};
+
+static void stop_timer_cb(px_loop *loop, int64_t id, void *arg)
+{
+	(void)id;
+	struct stopctx *s = arg;
+	s->timer_calls++;
+	px_loop_stop(loop);
+}
+
+static void count_io_cb(px_loop *loop, int fd, unsigned revents, void *arg)
+{
+	(void)fd;
+	(void)revents;
+	struct stopctx *s = arg;
+	if (++s->io_calls == s->stop_at)
+		px_loop_stop(loop);
+}
+
+/* px_loop_stop from a timer: the current iteration completes (its io
+ * callbacks still run), then px_loop_run returns. */
+static void test_stop_from_timer(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	struct stopctx s = {0};
+	int sv[2];
+	tu_socketpair(sv);
+	tu_send1(sv[1]);
+	assert_int_equal(px_io_add(loop, sv[0], PX_READ, count_io_cb, &s), 0);
+	assert_true(px_timer_add(loop, 0, 0, stop_timer_cb, &s) > 0);
+	assert_false(tu_run_for(loop, 5000));
+	assert_int_equal(s.timer_calls, 1);
+	assert_int_equal(s.io_calls, 1); /* level-triggered: one per iteration */
+	assert_int_equal(px_io_del(loop, sv[0]), 0);
+	px_loop_free(loop);
+	tu_close_pair(sv);
+}
+
+static void test_stop_from_io(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	struct stopctx s = {.stop_at = 3};
+	int sv[2];
+	tu_socketpair(sv);
+	tu_send1(sv[1]);
+	assert_int_equal(px_io_add(loop, sv[0], PX_READ, count_io_cb, &s), 0);
+	assert_false(tu_run_for(loop, 5000));
+	assert_int_equal(s.io_calls, 3);
+	/* the request was cleared: the next run goes on until its stop timer */
+	s.stop_at = -1;
+	assert_true(tu_run_for(loop, 50));
+	assert_true(s.io_calls > 3);
+	assert_int_equal(px_io_del(loop, sv[0]), 0);
+	px_loop_free(loop);
+	tu_close_pair(sv);
+}
+
+static void test_stop_before_run(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	struct stopctx s = {.stop_at = -1};
+	int sv[2];
+	tu_socketpair(sv);
+	tu_send1(sv[1]);
+	assert_int_equal(px_io_add(loop, sv[0], PX_READ, count_io_cb, &s), 0);
+	px_loop_stop(loop);
+	assert_false(tu_run_for(loop, 5000)); /* one iteration */
+	assert_int_equal(s.io_calls, 1);
+	/* cleared: this run lasts until its stop timer */
+	assert_true(tu_run_for(loop, 50));
+	assert_true(s.io_calls > 1);
+	/* a stop request before PX_RUN_NOWAIT/ONCE is cleared by that run too */
+	px_loop_stop(loop);
+	assert_int_equal(px_loop_run(loop, PX_RUN_NOWAIT), 0);
+	int before = s.io_calls;
+	assert_true(tu_run_for(loop, 50));
+	assert_true(s.io_calls > before + 1);
+	assert_int_equal(px_io_del(loop, sv[0]), 0);
+	px_loop_free(loop);
+	tu_close_pair(sv);
+}
+
+/* ---- px_loop_now ----------------------------------------------------------- */
+
+struct nowctx {
+	int n;
+	uint64_t loopnow[16];
+	double real[16];
+};
+
+static void now_cb(px_loop *loop, int64_t id, void *arg)
+{
+	struct nowctx *c = arg;
+	c->loopnow[c->n] = px_loop_now(loop);
+	c->real[c->n] = tu_now_ms();
+	if (++c->n == 10) {
+		assert_int_equal(px_timer_del(loop, id), 0);
+		px_loop_stop(loop);
+	}
+}
+
+static void test_loop_now(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	struct nowctx c = {0};
+	assert_true(px_timer_add(loop, 10, 20, now_cb, &c) > 0);
+	assert_false(tu_run_for(loop, 10000));
+	assert_int_equal(c.n, 10);
+	double lo = 1e300, hi = -1e300;
+	for (int i = 0; i < c.n; i++) {
+		if (i)
+			assert_true(c.loopnow[i] >= c.loopnow[i - 1]);
+		double off = c.real[i] - (double)c.loopnow[i];
+		lo = off < lo ? off : lo;
+		hi = off > hi ? off : hi;
+	}
+	/* the cached clock follows the monotonic clock (arbitrary epoch):
+	 * the offset real - cached stays within a small window */
+	double tol = tu_valgrind() ? 500 : 50;
+	if (hi - lo > tol)
+		fail_msg("px_loop_now drifts from CLOCK_MONOTONIC: offsets %.1f..%.1f ms", lo, hi);
+	/* and it advanced by about as much as real time did */
+	double dl = (double)(c.loopnow[9] - c.loopnow[0]), dr = c.real[9] - c.real[0];
+	if (dl < dr - 2 - tol || dl > dr + 2 + tol)
+		fail_msg("px_loop_now advanced %.0f ms while CLOCK_MONOTONIC advanced %.1f ms", dl, dr);
+	/* outside a run it keeps the last iteration's value (cached) */
+	uint64_t a = px_loop_now(loop);
+	assert_true(a >= c.loopnow[9]);
+	assert_int_equal(px_loop_run(loop, PX_RUN_NOWAIT), 0);
+	assert_true(px_loop_now(loop) >= a);
+	px_loop_free(loop);
+}
+
+/* ---- resources ---------------------------------------------------------- */
+
+static void test_no_fd_leak(void **state)
+{
+	(void)state;
+	int before = tu_count_fds();
+	for (int i = 0; i < 100; i++) {
+		px_loop *loop = tu_loop();
+		if (i % 10 == 0) {
+			int fired = 0;
+			assert_true(px_timer_add(loop, 0, 0, tu_count_timer_cb, &fired) > 0);
+			assert_int_equal(px_loop_run(loop, PX_RUN_ONCE), 0);
+			assert_int_equal(fired, 1);
+		}
+		px_loop_free(loop);
+	}
+	assert_int_equal(tu_count_fds(), before);
+	/* every backend by name */
+	const char *const *b = px_backends();
+	for (int k = 0; b[k] && k < 8; k++) {
+		for (int i = 0; i < 100; i++) {
+			px_loop *loop = px_loop_new_backend(b[k]);
+			assert_non_null(loop);
+			px_loop_free(loop);
+		}
+		assert_int_equal(tu_count_fds(), before);
+	}
+}
+
+static void check_cloexec_new_fds(const int *before, int nb, const char *be, int *seen)
+{
+	int after[256];
+	int na = tu_list_fds(after, 256);
+	assert_true(na <= 256);
+	for (int i = 0; i < na; i++) {
+		int old = 0;
+		for (int j = 0; j < nb; j++)
+			old |= before[j] == after[i];
+		if (old)
+			continue;
+		(*seen)++;
+		int fl = fcntl(after[i], F_GETFD);
+		assert_int_not_equal(fl, -1);
+		if (!(fl & FD_CLOEXEC))
+			fail_msg("%s loop: fd %d is not close-on-exec", be, after[i]);
+	}
+}
+
+static void test_cloexec(void **state)
+{
+	(void)state;
+	const char *const *b = px_backends();
+	int before[256];
+	int nb = tu_list_fds(before, 256);
+	assert_true(nb <= 256);
+	for (int k = 0; b[k] && k < 8; k++) {
+		int seen = 0;
+		px_loop *loop = px_loop_new_backend(b[k]);
+		assert_non_null(loop);
+		check_cloexec_new_fds(before, nb, b[k], &seen);
+		/* fds created lazily by the first iteration too */
+		int fired = 0;
+		assert_true(px_timer_add(loop, 0, 0, tu_count_timer_cb, &fired) > 0);
+		assert_int_equal(px_loop_run(loop, PX_RUN_ONCE), 0);
+		check_cloexec_new_fds(before, nb, b[k], &seen);
+		if (!strcmp(b[k], "epoll"))
+			assert_true(seen >= 1); /* the epoll fd */
+		px_loop_free(loop);
+		assert_int_equal(tu_count_fds(), nb);
+	}
+}
+
+/* Two loops share nothing: running one does not run the other's timers or
+ * watchers. */
+static void test_two_loops_independent(void **state)
+{
+	(void)state;
+	px_loop *a = tu_loop(), *b = tu_loop();
+	int fa = 0, fb = 0, sv[2];
+	tu_socketpair(sv);
+	assert_int_equal(px_io_add(b, sv[0], PX_WRITE, tu_never_cb, NULL), 0);
+	assert_true(px_timer_add(a, 0, 0, tu_count_timer_cb, &fa) > 0);
+	assert_true(px_timer_add(b, 0, 0, tu_count_timer_cb, &fb) > 0);
+	assert_int_equal(px_loop_run(a, PX_RUN_ONCE), 0);
+	assert_int_equal(fa, 1);
+	assert_int_equal(fb, 0);
+	/* the same fd may be registered in both loops */
+	struct tu_rec *r = calloc(1, sizeof *r);
+	assert_int_equal(px_io_add(a, sv[0], PX_WRITE, tu_rec_cb, r), 0);
+	assert_int_equal(px_loop_run(a, PX_RUN_ONCE), 0);
+	assert_int_equal(r->n, 1);
+	assert_int_equal(px_io_del(a, sv[0]), 0);
+	assert_int_equal(px_io_del(b, sv[0]), 0);
+	px_loop_free(a);
+	px_loop_free(b);
+	free(r);
+	tu_close_pair(sv);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		TU_TEST(test_backend_bogus_name),
+		TU_TEST(test_backend_env_bogus),
+		TU_TEST(test_backend_env_read_every_call),
+		TU_TEST(test_backend_case_insensitive),
+		TU_TEST(test_backend_best),
+		TU_TEST(test_backends_list),
+		TU_TEST(test_new_backend_ignores_env),
+		TU_TEST(test_null_arguments),
+		TU_TEST(test_version),
+		TU_TEST(test_run_bad_mode),
+		TU_TEST(test_run_reentrant_busy),
+		TU_TEST(test_run_other_loop_from_callback),
+		TU_TEST(test_free_from_callback_ignored),
+		TU_TEST(test_free_with_watchers),
+		TU_TEST(test_run_default_empty),
+		TU_TEST(test_run_default_until_last_timer),
+		TU_TEST(test_run_default_until_repeat_deleted),
+		TU_TEST(test_run_default_until_last_io_del),
+		TU_TEST(test_run_default_disarmed_keeps_running),
+		TU_TEST(test_run_once_empty),
+		TU_TEST(test_run_once_waits_for_timer),
+		TU_TEST(test_run_nowait_does_not_block),
+		TU_TEST(test_idle_no_spin),
+		TU_TEST(test_stop_from_timer),
+		TU_TEST(test_stop_from_io),
+		TU_TEST(test_stop_before_run),
+		TU_TEST(test_loop_now),
+		TU_TEST(test_no_fd_leak),
+		TU_TEST(test_cloexec),
+		TU_TEST(test_two_loops_independent),
+	};
+	return TU_RUN("test_loop", tests);
+}

@@ -1,0 +1,331 @@
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "testutil.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+int tu_setup(void **state)
+{
+	(void)state;
+	alarm(TU_WATCHDOG_S);
+	return 0;
+}
+
+void tu_init(const char *prog)
+{
+	signal(SIGALRM, SIG_DFL);
+	alarm(TU_WATCHDOG_S);
+	/* cmocka's default output does not show the group name: say which
+	 * backend this run is for. */
+	px_loop *l = px_loop_new();
+	printf("[==========] %s: backend %s\n", tu_group_name(prog),
+	       l ? px_loop_backend(l) : "(px_loop_new failed)");
+	fflush(stdout);
+	px_loop_free(l);
+}
+
+const char *tu_group_name(const char *prog)
+{
+	static char name[128];
+	const char *be = getenv("POLLUX_BACKEND");
+	snprintf(name, sizeof name, "%s[%s]", prog, be && *be ? be : "default");
+	return name;
+}
+
+void tu_socketpair(int sv[2])
+{
+	int rc = socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv);
+	if (rc != 0)
+		fail_msg("socketpair: %s", strerror(errno));
+}
+
+void tu_close_pair(int sv[2])
+{
+	if (sv[0] >= 0)
+		close(sv[0]);
+	if (sv[1] >= 0)
+		close(sv[1]);
+	sv[0] = sv[1] = -1;
+}
+
+void tu_socketpair_at(int sv[2], int num)
+{
+	int p[2];
+	tu_socketpair(p);
+	if (p[0] == num) {
+		sv[0] = p[0];
+		sv[1] = p[1];
+		return;
+	}
+	if (p[1] == num) {
+		sv[0] = p[1];
+		sv[1] = p[0];
+		return;
+	}
+	if (dup3(p[0], num, O_CLOEXEC) != num)
+		fail_msg("dup3 to %d: %s", num, strerror(errno));
+	close(p[0]);
+	sv[0] = num;
+	sv[1] = p[1];
+	/* O_NONBLOCK is a file status flag: shared by the dup. */
+	assert_true(fcntl(num, F_GETFL) & O_NONBLOCK);
+}
+
+void tu_send(int fd, const void *buf, size_t len)
+{
+	ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+	if (n != (ssize_t)len)
+		fail_msg("send(%d, %zu) = %zd: %s", fd, len, n, strerror(errno));
+}
+
+void tu_send1(int fd)
+{
+	tu_send(fd, "x", 1);
+}
+
+size_t tu_fill(int fd)
+{
+	static char buf[65536];
+	size_t total = 0;
+	for (;;) {
+		ssize_t n = send(fd, buf, sizeof buf, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n > 0) {
+			total += (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			break;
+		fail_msg("tu_fill(%d): %s", fd, strerror(errno));
+	}
+	return total;
+}
+
+size_t tu_drain(int fd)
+{
+	static char buf[65536];
+	size_t total = 0;
+	for (;;) {
+		ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+		if (n > 0) {
+			total += (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		break; /* EOF, EAGAIN or error */
+	}
+	return total;
+}
+
+int tu_pending(int fd)
+{
+	int n = -1;
+	if (ioctl(fd, FIONREAD, &n) != 0)
+		return -1;
+	return n;
+}
+
+int tu_list_fds(int *out, int cap)
+{
+	DIR *d = opendir("/proc/self/fd");
+	int n = 0, self;
+	struct dirent *e;
+	if (!d)
+		fail_msg("opendir /proc/self/fd: %s", strerror(errno));
+	self = dirfd(d);
+	while ((e = readdir(d)) != NULL) {
+		char *end;
+		long v;
+		if (e->d_name[0] == '.')
+			continue;
+		v = strtol(e->d_name, &end, 10);
+		if (*end || v == self)
+			continue;
+		if (n < cap)
+			out[n] = (int)v;
+		n++;
+	}
+	closedir(d);
+	/* sort the stored part (small lists: insertion sort) */
+	for (int i = 1; i < n && i < cap; i++) {
+		int v = out[i], j = i - 1;
+		while (j >= 0 && out[j] > v) {
+			out[j + 1] = out[j];
+			j--;
+		}
+		out[j + 1] = v;
+	}
+	return n;
+}
+
+int tu_count_fds(void)
+{
+	int dummy[1];
+	return tu_list_fds(dummy, 0);
+}
+
+uint64_t tu_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+double tu_now_ms(void)
+{
+	return (double)tu_now_ns() / 1e6;
+}
+
+double tu_cpu_ms(void)
+{
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 +
+	       (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
+}
+
+void tu_sleep_ms(unsigned ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+void tu_cpu_begin(struct tu_cpu *c)
+{
+	c->cpu0 = tu_cpu_ms();
+	c->wall0 = tu_now_ms();
+}
+
+double tu_cpu_end(struct tu_cpu *c)
+{
+	double cpu = tu_cpu_ms() - c->cpu0;
+	double wall = tu_now_ms() - c->wall0;
+	if (wall <= 0)
+		wall = 1;
+	return cpu / wall;
+}
+
+bool tu_valgrind(void)
+{
+	const char *p = getenv("LD_PRELOAD");
+	return p && strstr(p, "valgrind") != NULL;
+}
+
+long tu_raise_nofile(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		return -1;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+			getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	return rl.rlim_cur == RLIM_INFINITY ? 1L << 20 : (long)rl.rlim_cur;
+}
+
+px_loop *tu_loop(void)
+{
+	px_loop *loop = px_loop_new();
+	if (!loop)
+		fail_msg("px_loop_new: %s (POLLUX_BACKEND=%s)", strerror(errno),
+		         getenv("POLLUX_BACKEND") ? getenv("POLLUX_BACKEND") : "(unset)");
+	return loop;
+}
+
+struct stopper {
+	int fired;
+};
+
+static void stopper_cb(px_loop *loop, int64_t id, void *arg)
+{
+	(void)id;
+	((struct stopper *)arg)->fired++;
+	px_loop_stop(loop);
+}
+
+bool tu_run_for(px_loop *loop, uint64_t timeout_ms)
+{
+	struct stopper s = {0};
+	int64_t id = px_timer_add(loop, timeout_ms, 0, stopper_cb, &s);
+	assert_true(id > 0);
+	assert_int_equal(px_loop_run(loop, PX_RUN_DEFAULT), 0);
+	assert_true(s.fired <= 1);
+	if (!s.fired)
+		assert_int_equal(px_timer_del(loop, id), 0);
+	else
+		assert_int_equal(px_timer_del(loop, id), -ENOENT);
+	return s.fired == 1;
+}
+
+void tu_nowait(px_loop *loop, int n)
+{
+	for (int i = 0; i < n; i++)
+		assert_int_equal(px_loop_run(loop, PX_RUN_NOWAIT), 0);
+}
+
+bool tu_is(px_loop *loop, const char *backend)
+{
+	return strcmp(px_loop_backend(loop), backend) == 0;
+}
+
+void tu_rec_add(struct tu_rec *r, int fd, unsigned revents)
+{
+	if (r->n >= TU_MAXREC)
+		fail_msg("too many callbacks recorded (%d)", r->n);
+	r->fd[r->n] = fd;
+	r->rev[r->n] = revents;
+	r->at[r->n] = r->iter;
+	r->n++;
+}
+
+void tu_rec_cb(px_loop *loop, int fd, unsigned revents, void *arg)
+{
+	(void)loop;
+	tu_rec_add(arg, fd, revents);
+}
+
+int tu_rec_count(const struct tu_rec *r, int fd)
+{
+	int c = 0;
+	for (int i = 0; i < r->n; i++)
+		c += r->fd[i] == fd;
+	return c;
+}
+
+void tu_never_cb(px_loop *loop, int fd, unsigned revents, void *arg)
+{
+	(void)loop;
+	(void)arg;
+	fail_msg("unexpected callback: fd %d revents 0x%x", fd, revents);
+}
+
+void tu_count_timer_cb(px_loop *loop, int64_t id, void *arg)
+{
+	(void)loop;
+	(void)id;
+	(*(int *)arg)++;
+}
+
+void tu_stop_timer_cb(px_loop *loop, int64_t id, void *arg)
+{
+	(void)id;
+	if (arg)
+		(*(int *)arg)++;
+	px_loop_stop(loop);
+}

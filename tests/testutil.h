@@ -1,0 +1,115 @@
+/* Helpers shared by the cmocka test programs (test_loop, test_io, test_timer).
+ *
+ * Every test program runs once per backend: `make check` sets POLLUX_BACKEND
+ * to select, poll and epoll for separate runs, and most tests simply call
+ * tu_loop() (px_loop_new) so they apply to the backend in the environment.
+ *
+ * Every loop run is bounded: tests register a stop timer (tu_run_for) and
+ * each test gets a fresh alarm() watchdog (TU_TEST), whose default action
+ * kills the program, so a broken library fails instead of hanging. */
+#ifndef PX_TESTUTIL_H
+#define PX_TESTUTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdbool.h>
+
+#include "pollux.h"
+
+/* Seconds a single test may take before SIGALRM kills the program. */
+#define TU_WATCHDOG_S 60
+
+/* A cmocka test with a fresh watchdog. */
+#define TU_TEST(f) cmocka_unit_test_setup(f, tu_setup)
+
+int tu_setup(void **state);
+
+/* Runs the group with a name like "test_io[epoll]" (the backend from
+ * $POLLUX_BACKEND, "default" when unset).  Installs the watchdog. */
+#define TU_RUN(prog, tests) \
+	(tu_init(prog), cmocka_run_group_tests_name(tu_group_name(prog), tests, NULL, NULL))
+void tu_init(const char *prog);
+const char *tu_group_name(const char *prog);
+
+/* AF_UNIX SOCK_STREAM pair, non-blocking and close-on-exec (asserts). */
+void tu_socketpair(int sv[2]);
+void tu_close_pair(int sv[2]);
+/* A pair whose sv[0] is placed at fd number `num` (dup2), non-blocking. */
+void tu_socketpair_at(int sv[2], int num);
+
+/* Writes one byte / len bytes with send(MSG_NOSIGNAL) (asserts success). */
+void tu_send(int fd, const void *buf, size_t len);
+void tu_send1(int fd);
+/* Writes until EAGAIN; returns the number of bytes written. */
+size_t tu_fill(int fd);
+/* Reads until EAGAIN or EOF; returns the number of bytes read. */
+size_t tu_drain(int fd);
+/* Bytes waiting to be read (FIONREAD). */
+int tu_pending(int fd);
+
+/* Number of entries in /proc/self/fd (the directory's own fd excluded). */
+int tu_count_fds(void);
+/* Open fd numbers, sorted; returns the count (at most cap are stored). */
+int tu_list_fds(int *out, int cap);
+
+/* Clocks. */
+uint64_t tu_now_ns(void);   /* CLOCK_MONOTONIC */
+double tu_now_ms(void);
+double tu_cpu_ms(void);     /* getrusage(RUSAGE_SELF) user + sys */
+void tu_sleep_ms(unsigned ms);
+
+/* CPU usage over a window. */
+struct tu_cpu {
+	double cpu0, wall0;
+};
+void tu_cpu_begin(struct tu_cpu *c);
+/* CPU time / wall time since tu_cpu_begin. */
+double tu_cpu_end(struct tu_cpu *c);
+
+/* True when running under valgrind (everything is much slower). */
+bool tu_valgrind(void);
+
+/* Raises RLIMIT_NOFILE's soft limit to the hard limit; returns the new soft
+ * limit. */
+long tu_raise_nofile(void);
+
+/* px_loop_new() for the backend in the environment (asserts non-NULL). */
+px_loop *tu_loop(void);
+
+/* Runs px_loop_run(PX_RUN_DEFAULT) with a stop timer after timeout_ms (the
+ * timer calls px_loop_stop).  Asserts that the run returns 0.  Returns true
+ * when the stop timer fired; otherwise the stop timer is deleted. */
+bool tu_run_for(px_loop *loop, uint64_t timeout_ms);
+
+/* Runs PX_RUN_NOWAIT n times (asserting 0). */
+void tu_nowait(px_loop *loop, int n);
+
+/* Backend tests. */
+bool tu_is(px_loop *loop, const char *backend);
+
+/* A recorder of io callbacks: pass a struct tu_rec * as the watcher's arg, or
+ * call tu_rec_add from your own callback. */
+#define TU_MAXREC 4096
+struct tu_rec {
+	int n;
+	int iter; /* set by the test: the current iteration number */
+	int fd[TU_MAXREC];
+	unsigned rev[TU_MAXREC];
+	int at[TU_MAXREC]; /* iter at the time of the callback */
+};
+void tu_rec_add(struct tu_rec *r, int fd, unsigned revents);
+void tu_rec_cb(px_loop *loop, int fd, unsigned revents, void *arg);
+/* Number of recorded callbacks for fd. */
+int tu_rec_count(const struct tu_rec *r, int fd);
+/* Callback that never should run. */
+void tu_never_cb(px_loop *loop, int fd, unsigned revents, void *arg);
+/* Timer callback that counts into *(int *)arg. */
+void tu_count_timer_cb(px_loop *loop, int64_t id, void *arg);
+/* Timer callback that calls px_loop_stop. */
+void tu_stop_timer_cb(px_loop *loop, int64_t id, void *arg);
+
+#endif
