@@ -12,6 +12,12 @@
  *    modified or deleted, including the one being dispatched.  Only
  *    px_loop_run (-EBUSY) and px_loop_free (ignored) may not be called from a
  *    callback of the same loop.
+ *  - fork: a child may create, run and free loops of its own, and may
+ *    px_loop_free a loop inherited from its parent (that makes no system
+ *    call that touches the kernel's state: the parent is not disturbed).  It
+ *    must do nothing else with an inherited loop: with epoll the interest set
+ *    is one kernel object shared with the parent, so a child's px_io_* or
+ *    px_loop_run would change or steal the parent's notifications.
  */
 #ifndef POLLUX_H
 #define POLLUX_H
@@ -114,7 +120,10 @@ typedef void px_io_cb(px_loop *loop, int fd, unsigned revents, void *arg);
  * when the table must grow for it; -EEXIST already registered (also a reused
  * number that was closed without px_io_del); -EPERM epoll and a regular file
  * (select and poll report regular files always ready); -ENOMEM; other errors
- * of epoll_ctl.  On error nothing is registered.
+ * of epoll_ctl.  On error nothing is registered.  There is no FD_SETSIZE
+ * limit: the select backend sizes its sets to the highest fd, so -ERANGE
+ * (reserved by the contract for fds a backend cannot watch) is never
+ * returned.
  *
  * Delivery: at most one callback per fd per iteration.  revents holds the
  * armed directions that are ready; on hang-up or error, PX_HUP / PX_ERR are
@@ -141,7 +150,8 @@ typedef void px_io_cb(px_loop *loop, int fd, unsigned revents, void *arg);
 PX_API int px_io_add(px_loop *loop, int fd, unsigned events, px_io_cb *cb, void *arg);
 
 /* Changes the mask (same cb and arg).  Re-arms a fired PX_ONESHOT watcher and
- * resets PX_ET emulation state.  Errors: -EINVAL, -EBADF negative fd,
+ * resets PX_ET emulation state.  An unchanged mask is a no-op on every
+ * backend (no system call, nothing re-reported).  Errors: -EINVAL, -EBADF negative fd,
  * -ENOENT not registered, -EPERM/-ENOMEM/... from epoll_ctl (the old mask
  * stays in force then). */
 PX_API int px_io_mod(px_loop *loop, int fd, unsigned events);
@@ -191,7 +201,8 @@ PX_API int px_set_nonblock(int fd, int on);
  * every path.  EINTR does not restart the clock.  Never closes fd.
  * Returns 0, -ETIMEDOUT, or the connect error (-ECONNREFUSED, -ENETUNREACH,
  * ...); -EINVAL NULL or too-short address, -EBADF bad fd, -ENOTSOCK,
- * -EISCONN already connected, -EOPNOTSUPP/-EINVAL a listening socket.
+ * -EISCONN already connected (Linux reports a completed non-blocking connect
+ * as success once, then EISCONN), -EINVAL a listening socket.
  */
 PX_API int px_connect_timeout(int fd, const struct sockaddr *sa, socklen_t salen,
                               int timeout_ms);
@@ -231,7 +242,9 @@ PX_API int px_accept(int listen_fd, struct sockaddr *sa, socklen_t *salen);
  * ENFILE, ENOBUFS, ENOMEM) cb gets client_fd = -errno and peer NULL once per
  * episode; the acceptor then backs off instead of spinning (it may accept and
  * drop pending connections with a reserve fd to relieve EMFILE) and resumes by
- * itself once accepting works.  Errors: -EINVAL (NULL loop/cb, socket not
+ * itself once accepting works.  Any other accept failure is treated the
+ * same way (reported once, backed off), so a broken listener cannot spin.
+ * Errors: -EINVAL (NULL loop/cb, socket not
  * listening), -EBADF, -ENOTSOCK, -EEXIST fd already registered, -ENOMEM.
  * px_acceptor_del: -ENOENT when fd is not an acceptor.  Neither closes
  * listen_fd.
@@ -246,7 +259,8 @@ PX_API int px_acceptor_del(px_loop *loop, int listen_fd);
  * NULL means any address (dual-stack [::] where possible, so 127.0.0.1
  * reaches it); IPv4 and IPv6 literals and names are accepted; port 0 is an
  * ephemeral port; backlog <= 0 means SOMAXCONN.  Returns the fd or -errno
- * (-ENOENT name does not resolve, -EADDRINUSE, ...).
+ * (-ENOENT name does not resolve, -EAGAIN temporary resolver failure,
+ * -EADDRINUSE, ...).
  */
 PX_API int px_listen_tcp(const char *host, uint16_t port, int backlog);
 
@@ -254,8 +268,8 @@ PX_API int px_listen_tcp(const char *host, uint16_t port, int backlog);
  * A connected, blocking, close-on-exec TCP socket to host:port, trying each
  * resolved address in turn until timeout_ms (< 0: no limit) has passed; the
  * deadline covers connecting, not name resolution.  Returns the fd or -errno:
- * -ENOENT the name does not resolve, -EINVAL NULL host, -ETIMEDOUT, or the
- * last address's connect error.
+ * -ENOENT the name does not resolve, -EAGAIN temporary resolver failure,
+ * -EINVAL NULL host, -ETIMEDOUT, or the last address's connect error.
  */
 PX_API int px_connect_tcp(const char *host, uint16_t port, int timeout_ms);
 
@@ -272,9 +286,15 @@ typedef void px_drain_cb(px_loop *loop, int fd, int status, void *arg);
  * watcher asked for PX_WRITE).  fd must be registered with px_io_add.  Never
  * raises SIGPIPE.  Errors: -EINVAL NULL loop or buf == NULL with len > 0
  * (len == 0 is a no-op returning 0); -EBADF negative fd; -ENOENT
- * unregistered; -ENOTSOCK not a socket; -ENOMEM the copy could not be made
- * (nothing queued); the immediate send's error (-EPIPE, -ECONNRESET, ...),
- * nothing queued; once a flush has failed, that error.
+ * unregistered, or registered by the library (a pending px_connect, an
+ * acceptor); -ENOTSOCK not a socket; -ENOMEM the copy could not be made
+ * (nothing sent, nothing queued); the immediate send's error (-EPIPE,
+ * -ECONNRESET, ...), nothing queued, not sticky; once a flush has failed,
+ * that error (sticky).  One exception to all-or-nothing: when part of buf was
+ * sent and the backend then refuses the write interest needed for the rest
+ * (e.g. -ENOMEM from epoll_ctl), that error is returned and is sticky, as
+ * for a failed flush.  On datagram and seqpacket sockets each px_send stays
+ * one message.
  */
 PX_API int px_send(px_loop *loop, int fd, const void *buf, size_t len);
 

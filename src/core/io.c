@@ -180,6 +180,8 @@ int px_io_mod(px_loop *loop, int fd, unsigned events)
 	if (!w)
 		return -ENOENT;
 	uint8_t old_events = w->events, old_flags = w->flags;
+	if (w->events == events)
+		return 0; /* nothing changes, on any backend */
 	w->events = (uint8_t)events;
 	w->flags &= (uint8_t)~(W_QUIET | W_PROBE);
 	rc = io_sync(loop, fd);
