@@ -141,7 +141,11 @@ typedef void px_io_cb(px_loop *loop, int fd, unsigned revents, void *arg);
  * until it has been seen not ready, until px_io_mod, or until re-adding.
  * Code that reads or writes until EAGAIN behaves as on epoll, and an idle,
  * writable PX_ET watcher does not make the loop spin.  Only code that drains
- * to EAGAIN has defined behaviour under PX_ET.
+ * to EAGAIN has defined behaviour under PX_ET.  Once a PX_ET watcher's read
+ * side has reached end of file (or a write failed for good), select and poll
+ * treat that direction as idle for good, while epoll may report it again
+ * (with PX_HUP) on later kernel wake-ups of the socket; px_io_del and close
+ * such an fd.
  *
  * A registered fd that is closed: select and poll report PX_ERR (with the
  * armed directions) once, then the watcher stays registered but disarmed;

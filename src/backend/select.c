@@ -123,27 +123,45 @@ static int sel_reap(struct select_state *st, struct pxi_event *ev, int cap)
 	return out ? out : -EBADF;
 }
 
+static int sel_select(struct select_state *st, struct timeval *tvp)
+{
+	int nfds = st->maxfd + 1;
+
+	if (nfds > 0) {
+		size_t words = ((size_t)nfds + BITS - 1) / BITS;
+		memcpy(st->ord, st->rd, words * sizeof(unsigned long));
+		memcpy(st->owr, st->wr, words * sizeof(unsigned long));
+	}
+	return select(nfds, nfds ? (fd_set *)st->ord : NULL, nfds ? (fd_set *)st->owr : NULL,
+	              NULL, tvp);
+}
+
 static int sel_wait(void *p, int timeout_ms, struct pxi_event *ev, int cap)
 {
 	struct select_state *st = p;
 	struct timeval tv, *tvp = NULL;
-	int nfds = st->maxfd + 1;
-	size_t words = (size_t)nfds / BITS + 1;
+	int out = 0;
 
 	if (timeout_ms >= 0) {
 		tv.tv_sec = timeout_ms / 1000;
 		tv.tv_usec = (timeout_ms % 1000) * 1000;
 		tvp = &tv;
 	}
-	if (nfds > 0) {
-		memcpy(st->ord, st->rd, words * sizeof(unsigned long));
-		memcpy(st->owr, st->wr, words * sizeof(unsigned long));
+	int rc = sel_select(st, tvp);
+	if (rc < 0 && errno == EBADF) {
+		/* Report the closed fds, and still look at the others now, as
+		 * poll and epoll would in this same iteration. */
+		out = sel_reap(st, ev, cap);
+		if (out < 0)
+			return out;
+		struct timeval zero = { 0, 0 };
+		rc = sel_select(st, &zero);
+		if (rc < 0)
+			return out;
+	} else if (rc < 0) {
+		return -errno;
 	}
-	int rc = select(nfds, nfds ? (fd_set *)st->ord : NULL, nfds ? (fd_set *)st->owr : NULL,
-	                NULL, tvp);
-	if (rc < 0)
-		return errno == EBADF ? sel_reap(st, ev, cap) : -errno;
-	int out = 0;
+	int nfds = st->maxfd + 1;
 	for (int fd = 0; fd < nfds && rc > 0 && out < cap; fd++) {
 		unsigned r = (bit(st->ord, fd) ? PX_READ : 0) | (bit(st->owr, fd) ? PX_WRITE : 0);
 		if (!r)

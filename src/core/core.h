@@ -30,6 +30,7 @@ struct pxi_sendq; /* defined by src/core/send.c */
 #define W_LISTED  0x10u /* on loop->etlist */
 #define W_FRESH   0x20u /* registered after this iteration's wait: no stale events */
 #define W_OWNED   0x40u /* arg is a struct pxi_owner */
+#define W_KMOD    0x80u /* kernel registration changed after this iteration's wait */
 
 struct pxi_watch {
 	px_io_cb *cb; /* NULL: not registered */

@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 
 #include "core.h"
 
@@ -42,25 +43,6 @@ static unsigned want_kev(const px_loop *loop, const struct pxi_watch *w)
 	return k;
 }
 
-static int io_sync(px_loop *loop, int fd)
-{
-	struct pxi_watch *w = &loop->w[fd];
-	unsigned k = want_kev(loop, w);
-	int rc;
-
-	if (k == w->kev)
-		return 0;
-	rc = loop->be->ctl(loop->bst, fd, w->kev, k);
-	if (rc < 0)
-		return rc;
-	if (!w->kev)
-		loop->nkernel++;
-	else if (!k)
-		loop->nkernel--;
-	w->kev = (uint8_t)k;
-	return 0;
-}
-
 static int vec_push(int **v, int *len, int *cap, int x)
 {
 	if (*len == *cap) {
@@ -72,6 +54,30 @@ static int vec_push(int **v, int *len, int *cap, int x)
 		*cap = ncap;
 	}
 	(*v)[(*len)++] = x;
+	return 0;
+}
+
+static int io_sync(px_loop *loop, int fd)
+{
+	struct pxi_watch *w = &loop->w[fd];
+	unsigned k = want_kev(loop, w);
+	int rc;
+
+	if (k == w->kev)
+		return 0;
+	rc = loop->be->ctl(loop->bst, fd, w->kev, k);
+	if (rc < 0)
+		return rc;
+	/* Events of this iteration predate the change: a native one-shot that
+	 * fired then does not mean the new registration is disarmed. */
+	if (loop->in_cb_window && !(w->flags & (W_KMOD | W_FRESH)) &&
+	    vec_push(&loop->fresh, &loop->freshlen, &loop->freshcap, fd) == 0)
+		w->flags |= W_KMOD;
+	if (!w->kev)
+		loop->nkernel++;
+	else if (!k)
+		loop->nkernel--;
+	w->kev = (uint8_t)k;
 	return 0;
 }
 
@@ -305,7 +311,7 @@ void pxi_io_dispatch(px_loop *loop, int n)
 		struct pxi_watch *w = &loop->w[fd];
 		if (!w->cb || (w->flags & W_FRESH))
 			continue; /* deleted, or re-added after the wait: stale */
-		if (w->kev & PX_ONESHOT)
+		if ((w->kev & PX_ONESHOT) && !(w->flags & W_KMOD))
 			w->kev = PXK_INERT; /* the kernel disarmed it */
 
 		if ((w->lib & PX_WRITE) && w->sq && (rev & (PX_WRITE | PX_HUP | PX_ERR))) {
@@ -337,7 +343,7 @@ void pxi_io_dispatch(px_loop *loop, int n)
 	for (int i = 0; i < loop->freshlen; i++) {
 		int fd = loop->fresh[i];
 		if (fd < loop->wcap)
-			loop->w[fd].flags &= (uint8_t)~W_FRESH;
+			loop->w[fd].flags &= (uint8_t)~(W_FRESH | W_KMOD);
 	}
 	loop->freshlen = 0;
 }
@@ -353,6 +359,15 @@ void pxi_io_dispatch(px_loop *loop, int n)
  *  - readable without a hang-up: after a drain to EAGAIN that is new data;
  *    keep it (level delivery is exact for draining code).
  */
+/* A hang-up with bytes still queued is not yet the end: the peer may have
+ * sent its last bytes and shut down after the callback drained. */
+static bool nothing_to_read(int fd)
+{
+	int n = 0;
+
+	return ioctl(fd, FIONREAD, &n) < 0 || n == 0;
+}
+
 void pxi_io_et_check(px_loop *loop)
 {
 	int n = 0;
@@ -403,8 +418,9 @@ void pxi_io_et_check(px_loop *loop)
 			if (ev & POLLOUT)
 				quiet = (rev & POLLOUT) ? quiet | W_QUIET_W : quiet & ~W_QUIET_W;
 			if (ev & POLLIN) {
-				bool eof = rev & (POLLRDHUP | POLLHUP | POLLERR);
-				quiet = (rev & POLLIN) && eof ? quiet | W_QUIET_R : quiet & ~W_QUIET_R;
+				bool at_eof = (rev & POLLIN) && (rev & (POLLRDHUP | POLLHUP | POLLERR)) &&
+				              nothing_to_read(fd);
+				quiet = at_eof ? quiet | W_QUIET_R : quiet & ~W_QUIET_R;
 			}
 		}
 		w->flags = (uint8_t)((w->flags & ~(W_QUIET | W_PROBE | W_LISTED)) | quiet);

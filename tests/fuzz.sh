@@ -1,0 +1,81 @@
+#!/bin/sh
+# Builds tests/fuzz_ops.c (libFuzzer + ASan + UBSan) with the library sources
+# and runs it for a bounded time.  Usage: tests/fuzz.sh [seconds] (default 60)
+# Environment: FUZZ_SRC (library source tree, default this one), FUZZ_DIR (build/corpus/artifacts dir, default a fresh temp dir),
+# CC (default clang), FUZZ_JOBS (parallel workers, default 1), PX_DIFF_RELAX
+# (see tests/diffops.h).  Exits non-zero on a crash or a trace difference;
+# the reproducer is left in $FUZZ_DIR/artifacts (re-run it with
+# $FUZZ_DIR/fuzz_ops <file>).
+set -eu
+
+secs=${1:-60}
+here=$(cd "$(dirname "$0")/.." && pwd)
+lib=${FUZZ_SRC:-$here}
+cc=${CC:-clang}
+dir=${FUZZ_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/pollux-fuzz.XXXXXX")}
+mkdir -p "$dir/corpus" "$dir/artifacts" "$dir/cfg"
+
+if ! "$cc" --version >/dev/null 2>&1; then
+	echo "fuzz.sh: $cc not found (Debian: apt-get install clang libclang-rt-dev)" >&2
+	exit 2
+fi
+
+# The library's configuration: what this system has (Linux: all three).
+cfg="$dir/cfg/config.h"
+{
+	echo '#define PACKAGE_VERSION "fuzz"'
+	[ -e /usr/include/sys/epoll.h ] && echo '#define HAVE_EPOLL 1'
+	[ -e /usr/include/poll.h ] && echo '#define HAVE_POLL 1'
+	echo '#define HAVE_ACCEPT4 1'
+} > "$cfg"
+
+srcs="$lib/src/core/loop.c $lib/src/core/io.c $lib/src/core/timer.c $lib/src/core/clock.c"
+for b in select poll epoll; do
+	if [ -f "$lib/src/backend/$b.c" ]; then srcs="$srcs $lib/src/backend/$b.c"; fi
+done
+if [ -f "$lib/src/core/send.c" ]; then
+	srcs="$srcs $lib/src/core/send.c"
+else
+	cat > "$dir/cfg/sendstub.c" <<'STUB'
+#include <config.h>
+#include "core.h"
+void pxi_sendq_flush(px_loop *l, int fd) { (void)l; (void)fd; }
+void pxi_sendq_free(px_loop *l, struct pxi_sendq *q) { (void)l; (void)q; }
+STUB
+	srcs="$srcs $dir/cfg/sendstub.c"
+fi
+
+echo "fuzz.sh: building $dir/fuzz_ops"
+# shellcheck disable=SC2086
+"$cc" -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
+	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	-I"$dir/cfg" -I"$lib/include" -I"$lib/src/core" \
+	$srcs "$here/tests/diffops.c" "$here/tests/fuzz_ops.c" -o "$dir/fuzz_ops"
+
+# A small starting corpus: a few deterministic pseudo-random programs
+# (4 bytes per operation).
+if [ -z "$(ls -A "$dir/corpus")" ]; then
+	for s in 1 2 3 4 5 6 7 8; do
+		LC_ALL=C awk -v seed="$s" 'BEGIN { srand(seed); for (i = 0; i < 800; i++) printf "%c", int(rand() * 256) }' \
+			> "$dir/corpus/seed$s"
+	done
+fi
+
+echo "fuzz.sh: running for ${secs}s (corpus $dir/corpus, artifacts $dir/artifacts)"
+set +e
+cd "$dir"
+ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} \
+UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
+"$dir/fuzz_ops" -max_total_time="$secs" -rss_limit_mb=2048 -timeout=20 \
+	-max_len=4096 -print_final_stats=1 -artifact_prefix="$dir/artifacts/" \
+	${FUZZ_JOBS:+-jobs=$FUZZ_JOBS -workers=$FUZZ_JOBS} \
+	"$dir/corpus" > "$dir/fuzz.log" 2>&1
+rc=$?
+set -e
+tail -n 80 "$dir/fuzz.log"
+if grep -q -E '^(==[0-9]+==ERROR|SUMMARY: |fuzz_ops: [0-9]+ backend)|deadly signal|Test unit written' "$dir/fuzz.log"; then
+	echo "fuzz.sh: FAILED (log $dir/fuzz.log, reproducers in $dir/artifacts)" >&2
+	exit 1
+fi
+[ "$rc" -eq 0 ] || exit "$rc"
+echo "fuzz.sh: no crash or difference in ${secs}s ($dir)"
