@@ -121,6 +121,9 @@ static int ep_wait(void *p, int timeout_ms, struct pxi_event *ev, int cap)
 const struct pxi_backend pxi_backend_epoll = {
 	.name = "epoll",
 	.native = PX_ET | PX_ONESHOT,
+	/* The kernel hands out ready fds round-robin, so a bounded batch is
+	 * fair and keeps memory per fd flat. */
+	.batch = 1024,
 	.create = ep_create,
 	.destroy = ep_destroy,
 	.ctl = ep_ctl,

@@ -21,6 +21,9 @@ struct pxi_event {
 struct pxi_backend {
 	const char *name;
 	unsigned native; /* PX_ET | PX_ONESHOT done by the kernel */
+	/* Most events one wait needs room for; 0: one per fd in the set (a
+	 * scan from the start of the set would starve its tail otherwise). */
+	int batch;
 	/* Returns the backend's state, or NULL with errno set. */
 	void *(*create)(void);
 	void (*destroy)(void *st);

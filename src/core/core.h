@@ -35,7 +35,6 @@ struct pxi_sendq; /* defined by src/core/send.c */
 struct pxi_watch {
 	px_io_cb *cb; /* NULL: not registered */
 	void *arg;
-	struct pxi_sendq *sq; /* buffered sends, NULL when none */
 	uint8_t events;       /* the user's mask (READ/WRITE/ET/ONESHOT) */
 	uint8_t kev;          /* what the backend holds (see backend.h) */
 	uint8_t lib;          /* the library's own interest (PX_WRITE for sends) */
@@ -57,6 +56,11 @@ struct px_loop {
 
 	struct pxi_event *ev;
 	int evcap;
+
+	/* Send queues by fd, allocated on the first px_send: loops that never
+	 * send pay nothing per fd for them. */
+	struct pxi_sendq **sq;
+	int sqcap;
 
 	int *etlist; /* fds needing an ET emulation check */
 	int etlen, etcap;
@@ -98,6 +102,12 @@ int pxi_io_add_owned(px_loop *loop, int fd, unsigned events, px_io_cb *cb,
                      struct pxi_owner *owner);
 struct pxi_owner *pxi_io_owner(px_loop *loop, int fd); /* NULL if none */
 struct pxi_watch *pxi_io_get(const px_loop *loop, int fd); /* NULL if unregistered */
+static inline struct pxi_sendq *pxi_io_sendq(const px_loop *loop, int fd)
+{
+	return fd >= 0 && fd < loop->sqcap ? loop->sq[fd] : NULL;
+}
+/* Attaches q to registered fd (0 or -ENOMEM); px_io_del frees it. */
+int pxi_io_set_sendq(px_loop *loop, int fd, struct pxi_sendq *q);
 /* Sets or clears the library's own write interest for fd (registered). */
 int pxi_io_lib_write(px_loop *loop, int fd, bool on);
 void pxi_io_free_all(px_loop *loop);

@@ -131,7 +131,6 @@ static int io_add(px_loop *loop, int fd, unsigned events, px_io_cb *cb, void *ar
 	 * from the kernel already (del removed it), so kev is 0 here. */
 	w->cb = cb;
 	w->arg = arg;
-	w->sq = NULL;
 	w->events = (uint8_t)events;
 	w->lib = 0;
 	w->flags = (uint8_t)(flags | (loop->in_cb_window ? W_FRESH : 0));
@@ -198,6 +197,23 @@ int px_io_mod(px_loop *loop, int fd, unsigned events)
 	return rc;
 }
 
+int pxi_io_set_sendq(px_loop *loop, int fd, struct pxi_sendq *q)
+{
+	if (!pxi_io_get(loop, fd))
+		return -ENOENT;
+	if (fd >= loop->sqcap) {
+		int cap = loop->wcap; /* fd < wcap: it is registered */
+		struct pxi_sendq **t = realloc(loop->sq, (size_t)cap * sizeof(*t));
+		if (!t)
+			return -ENOMEM;
+		memset(t + loop->sqcap, 0, (size_t)(cap - loop->sqcap) * sizeof(*t));
+		loop->sq = t;
+		loop->sqcap = cap;
+	}
+	loop->sq[fd] = q;
+	return 0;
+}
+
 int pxi_io_lib_write(px_loop *loop, int fd, bool on)
 {
 	struct pxi_watch *w = pxi_io_get(loop, fd);
@@ -216,7 +232,7 @@ int pxi_io_lib_write(px_loop *loop, int fd, bool on)
 static void io_drop(px_loop *loop, int fd, bool tell_kernel)
 {
 	struct pxi_watch *w = &loop->w[fd];
-	struct pxi_sendq *sq = w->sq;
+	struct pxi_sendq *sq = pxi_io_sendq(loop, fd);
 	struct pxi_owner *owner = (w->flags & W_OWNED) ? w->arg : NULL;
 
 	if (w->kev && tell_kernel) {
@@ -228,8 +244,10 @@ static void io_drop(px_loop *loop, int fd, bool tell_kernel)
 		loop->nkernel--;
 	memset(w, 0, sizeof(*w));
 	loop->nwatch--;
-	if (sq)
+	if (sq) {
+		loop->sq[fd] = NULL;
 		pxi_sendq_free(loop, sq);
+	}
 	if (owner)
 		owner->release(loop, fd, owner);
 }
@@ -252,11 +270,14 @@ void pxi_io_free_all(px_loop *loop)
 		if (loop->w[fd].cb)
 			io_drop(loop, fd, false);
 	free(loop->w);
+	free(loop->sq);
 	free(loop->ev);
 	free(loop->etlist);
 	free(loop->fresh);
 	free(loop->etpfd);
 	loop->w = NULL;
+	loop->sq = NULL;
+	loop->sqcap = 0;
 	loop->ev = NULL;
 	loop->etlist = loop->fresh = NULL;
 	loop->etpfd = NULL;
@@ -267,6 +288,9 @@ void pxi_io_free_all(px_loop *loop)
 int pxi_io_reserve_events(px_loop *loop)
 {
 	int need = loop->nkernel > 0 ? loop->nkernel : 1;
+
+	if (loop->be->batch > 0 && need > loop->be->batch)
+		need = loop->be->batch;
 
 	if (need <= loop->evcap)
 		return 0;
@@ -314,7 +338,7 @@ void pxi_io_dispatch(px_loop *loop, int n)
 		if ((w->kev & PX_ONESHOT) && !(w->flags & W_KMOD))
 			w->kev = PXK_INERT; /* the kernel disarmed it */
 
-		if ((w->lib & PX_WRITE) && w->sq && (rev & (PX_WRITE | PX_HUP | PX_ERR))) {
+		if ((w->lib & PX_WRITE) && (rev & (PX_WRITE | PX_HUP | PX_ERR))) {
 			pxi_sendq_flush(loop, fd);
 			w = pxi_io_get(loop, fd);
 			if (!w || (w->flags & W_FRESH))

@@ -6,7 +6,7 @@
  * pxi_sendq_free when its registration goes away).
  *
  * Design
- *  - Each registered fd may own a struct pxi_sendq (w->sq), allocated by the
+ *  - Each registered fd may own a struct pxi_sendq (pxi_io_sendq), allocated by the
  *    first px_send or px_send_notify on it and kept until px_io_del or
  *    px_loop_free (it is small; chunks are freed as soon as they are sent, so
  *    an idle connection holds no buffer memory).
@@ -157,8 +157,9 @@ static int queue_get(px_loop *loop, int fd, struct pxi_sendq **out)
 
 	if (!w)
 		return -ENOENT;
-	if (w->sq) {
-		*out = w->sq;
+	struct pxi_sendq *have = pxi_io_sendq(loop, fd);
+	if (have) {
+		*out = have;
 		return 0;
 	}
 	int type;
@@ -169,7 +170,10 @@ static int queue_get(px_loop *loop, int fd, struct pxi_sendq **out)
 	if (!q)
 		return -ENOMEM;
 	q->message = type != SOCK_STREAM;
-	w->sq = q;
+	if (pxi_io_set_sendq(loop, fd, q) < 0) {
+		free(q);
+		return -ENOMEM;
+	}
 	*out = q;
 	return 0;
 }
@@ -307,7 +311,9 @@ size_t px_send_pending(const px_loop *loop, int fd)
 {
 	struct pxi_watch *w = user_watch(loop, fd);
 
-	return w && w->sq ? w->sq->pending : 0;
+	struct pxi_sendq *q = w ? pxi_io_sendq(loop, fd) : NULL;
+
+	return q ? q->pending : 0;
 }
 
 int px_send_notify(px_loop *loop, int fd, size_t low_water, px_drain_cb *cb, void *arg)
@@ -384,8 +390,7 @@ static int queue_write(int fd, struct pxi_sendq *q)
 
 void pxi_sendq_flush(px_loop *loop, int fd)
 {
-	struct pxi_watch *w = pxi_io_get(loop, fd);
-	struct pxi_sendq *q = w ? w->sq : NULL;
+	struct pxi_sendq *q = pxi_io_sendq(loop, fd);
 	px_drain_cb *cb;
 	void *arg;
 
