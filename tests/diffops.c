@@ -358,6 +358,7 @@ struct slot {
 	int eteof;
 	int w_wait; /* a polled writable just before this iteration's wait */
 	int fired;  /* a PX_ONESHOT callback ran since the last add/mod */
+	unsigned fmask; /* effective mask at the last flush (before a wait) */
 	int niot;
 };
 
@@ -499,9 +500,14 @@ static void slot_added(struct slot *s, unsigned mask)
 {
 	s->reg = 1;
 	s->tainted = 0;
-	s->mask = mask;
+	s->mask = s->fmask = mask;
 	s->eteof = 0;
 	s->fired = 0;
+}
+
+static unsigned slot_effective(const struct slot *s)
+{
+	return s->fired ? s->mask & ~(unsigned)(PX_READ | PX_WRITE) : s->mask;
 }
 
 /* px_io_mod(mask) succeeded.  An unchanged mask (the watcher's current one:
@@ -509,11 +515,11 @@ static void slot_added(struct slot *s, unsigned mask)
  * (header), so the ET state survives it. */
 static void slot_modded(struct slot *s, unsigned mask)
 {
-	unsigned cur = s->fired ? s->mask & ~(unsigned)(PX_READ | PX_WRITE) : s->mask;
-	if (mask == cur)
+	if (mask == slot_effective(s))
 		return;
+	/* Changes reach the kernel at the flush before the next wait, where a
+	 * change undone in the meantime is no change (see iterate). */
 	s->mask = mask;
-	s->eteof = 0;
 	s->fired = 0;
 }
 
@@ -562,8 +568,10 @@ static void io_cb(px_loop *loop, int fd, unsigned revents, void *arg)
 		return;
 	}
 	unsigned m = s->mask;
-	if (m & PX_ONESHOT)
+	if (m & PX_ONESHOT) {
 		s->fired = 1;
+		s->fmask = slot_effective(s); /* re-arming is a change */
+	}
 	if (revents & PX_READ) {
 		int eof = 0;
 		if (m & PX_ET)
@@ -686,6 +694,13 @@ static int hung_up(int fd)
 static void iterate(struct run *r)
 {
 	r->iter++;
+	for (int j = 0; j < DO_NSLOTS; j++) {
+		struct slot *sj = &r->s[j];
+		if (sj->reg && slot_effective(sj) != sj->fmask) {
+			sj->eteof = 0;
+			sj->fmask = slot_effective(sj);
+		}
+	}
 	for (int j = 0; j < DO_NSLOTS; j++) {
 		struct pollfd pf = { .fd = fd_a(j), .events = POLLOUT };
 		r->s[j].w_wait = r->s[j].a_open && poll(&pf, 1, 0) == 1 && (pf.revents & POLLOUT);

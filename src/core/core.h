@@ -23,22 +23,29 @@ struct pxi_owner {
 struct pxi_sendq; /* defined by src/core/send.c */
 
 /* watch.flags */
-#define W_QUIET_R 0x01u /* ET emulation: read side idle (end of file) */
-#define W_QUIET_W 0x02u /* ET emulation: write side idle */
-#define W_PROBE_R 0x04u /* ET emulation: check read side after this round */
-#define W_PROBE_W 0x08u
-#define W_LISTED  0x10u /* on loop->etlist */
-#define W_FRESH   0x20u /* registered after this iteration's wait: no stale events */
-#define W_OWNED   0x40u /* arg is a struct pxi_owner */
-#define W_KMOD    0x80u /* kernel registration changed after this iteration's wait */
+#define W_QUIET_R 0x001u /* ET emulation: read side idle (end of file) */
+#define W_QUIET_W 0x002u /* ET emulation: write side idle */
+#define W_PROBE_R 0x004u /* ET emulation: check read side after this round */
+#define W_PROBE_W 0x008u
+#define W_LISTED  0x010u /* on loop->etlist */
+#define W_FRESH   0x020u /* registered after this iteration's wait: no stale events */
+#define W_OWNED   0x040u /* arg is a struct pxi_owner */
+#define W_DIRTY   0x080u /* on loop->chg: the kernel's view is synced before the wait */
+#define W_NEWFILE 0x100u /* re-added while the old registration was still in the
+                          * kernel: the number may name another file now */
 
+/* A slot with cb == NULL and kev != 0 is a deleted watcher whose removal from
+ * the kernel waits for the next flush (so delete + re-add costs at most one
+ * system call). */
 struct pxi_watch {
 	px_io_cb *cb; /* NULL: not registered */
 	void *arg;
-	uint8_t events;       /* the user's mask (READ/WRITE/ET/ONESHOT) */
-	uint8_t kev;          /* what the backend holds (see backend.h) */
-	uint8_t lib;          /* the library's own interest (PX_WRITE for sends) */
-	uint8_t flags;
+	uint16_t flags;
+	uint8_t events; /* the user's mask (READ/WRITE/ET/ONESHOT) */
+	uint8_t kev;    /* what the backend holds (see backend.h) */
+	uint8_t lib;    /* the library's own interest (PX_WRITE for sends) */
+	uint8_t fevents; /* events as of the last flush: ET emulation restarts
+	                  * only when the mask really changed across a wait */
 };
 
 struct pxi_timer_slot; /* timer.c */
@@ -66,6 +73,11 @@ struct px_loop {
 	int etlen, etcap;
 	int *fresh; /* fds marked W_FRESH in this iteration */
 	int freshlen, freshcap;
+	int *chg; /* fds whose kernel registration must be synced before the wait */
+	int chglen, chgcap;
+	int *failed; /* fds whose change the kernel refused: PX_ERR after the wait */
+	int failedlen, failedcap;
+	bool rebuild; /* the kernel reports an fd we cannot remove: start afresh */
 	struct pollfd *etpfd; /* scratch for the ET emulation check */
 	int etpfdcap;
 
@@ -113,7 +125,12 @@ int pxi_io_lib_write(px_loop *loop, int fd, bool on);
 void pxi_io_free_all(px_loop *loop);
 void pxi_io_dispatch(px_loop *loop, int n);
 void pxi_io_et_check(px_loop *loop);
-int pxi_io_reserve_events(px_loop *loop);
+/* Before a wait: fold the iteration's changes into the kernel, reserve room
+ * for events.  0 or -errno. */
+int pxi_io_prepare(px_loop *loop);
+/* After a wait that returned n events: adds the refused changes as errors;
+ * returns the new count. */
+int pxi_io_add_failed(px_loop *loop, int n);
 
 /* send.c: called by io.c */
 void pxi_sendq_flush(px_loop *loop, int fd);   /* fd writable, lib interest set */

@@ -33,8 +33,8 @@ static unsigned want_kev(const px_loop *loop, const struct pxi_watch *w)
 	if (emulates_et(loop, w))
 		rw &= ~(w->flags & W_QUIET);
 	k = rw | w->lib;
-	if (!k)
-		return w->kev == PXK_INERT ? PXK_INERT : 0;
+	if (!k) /* a fired one-shot may stay inert, unless the number is a new file */
+		return w->kev == PXK_INERT && !(w->flags & W_NEWFILE) ? PXK_INERT : 0;
 	if (rw && (native & w->events & PX_ET))
 		k |= PX_ET;
 	/* A native one-shot would also silence the library's own interest. */
@@ -57,27 +57,48 @@ static int vec_push(int **v, int *len, int *cap, int x)
 	return 0;
 }
 
-static int io_sync(px_loop *loop, int fd)
+/* Brings the kernel's view of fd to what its watcher wants now.  0, or the
+ * backend's error for an addition or change (a failed removal only means the
+ * fd was closed, and the kernel forgot it already). */
+static int kernel_apply(px_loop *loop, int fd)
 {
 	struct pxi_watch *w = &loop->w[fd];
-	unsigned k = want_kev(loop, w);
-	int rc;
+	unsigned k = w->cb ? want_kev(loop, w) : 0;
 
-	if (k == w->kev)
+	if (k == w->kev && (!(w->flags & W_NEWFILE) || !k)) {
+		w->flags &= (uint16_t)~W_NEWFILE;
 		return 0;
-	rc = loop->be->ctl(loop->bst, fd, w->kev, k);
-	if (rc < 0)
+	}
+	/* For a re-added number the change is made even when the mask is the
+	 * same: the kernel may hold a registration of the old file. */
+	int rc = loop->be->ctl(loop->bst, fd, w->kev, k);
+	if (rc < 0 && k)
 		return rc;
-	/* Events of this iteration predate the change: a native one-shot that
-	 * fired then does not mean the new registration is disarmed. */
-	if (loop->in_cb_window && !(w->flags & (W_KMOD | W_FRESH)) &&
-	    vec_push(&loop->fresh, &loop->freshlen, &loop->freshcap, fd) == 0)
-		w->flags |= W_KMOD;
+	w->flags &= (uint16_t)~W_NEWFILE;
 	if (!w->kev)
 		loop->nkernel++;
 	else if (!k)
 		loop->nkernel--;
 	w->kev = (uint8_t)k;
+	return 0;
+}
+
+/* Records that fd's kernel registration must follow its watcher.  A new
+ * registration is made at once, so that px_io_add and px_io_mod can report
+ * what the kernel refuses (-EPERM, -EBADF, ...); changes to one the kernel
+ * holds wait for the flush before the next wait, where a change and its
+ * undoing in the same iteration cancel out. */
+static int io_sync(px_loop *loop, int fd)
+{
+	struct pxi_watch *w = &loop->w[fd];
+
+	if (!w->kev)
+		return kernel_apply(loop, fd);
+	if (w->flags & W_DIRTY)
+		return 0;
+	if (vec_push(&loop->chg, &loop->chglen, &loop->chgcap, fd) < 0)
+		return kernel_apply(loop, fd);
+	w->flags |= W_DIRTY;
 	return 0;
 }
 
@@ -109,7 +130,7 @@ static int check_events(unsigned events)
 }
 
 static int io_add(px_loop *loop, int fd, unsigned events, px_io_cb *cb, void *arg,
-                  uint8_t flags)
+                  uint16_t flags)
 {
 	int rc;
 
@@ -127,18 +148,19 @@ static int io_add(px_loop *loop, int fd, unsigned events, px_io_cb *cb, void *ar
 	if (loop->in_cb_window &&
 	    (rc = vec_push(&loop->fresh, &loop->freshlen, &loop->freshcap, fd)) < 0)
 		return rc;
-	/* kev survives: a fired native one-shot of a deleted watcher is gone
-	 * from the kernel already (del removed it), so kev is 0 here. */
+	/* kev and W_DIRTY survive from a deleted watcher still in the kernel. */
+	uint16_t keep = w->flags & W_DIRTY;
 	w->cb = cb;
 	w->arg = arg;
-	w->events = (uint8_t)events;
+	w->events = w->fevents = (uint8_t)events;
 	w->lib = 0;
-	w->flags = (uint8_t)(flags | (loop->in_cb_window ? W_FRESH : 0));
+	w->flags = (uint16_t)(flags | keep | (w->kev ? W_NEWFILE : 0) |
+	                      (loop->in_cb_window ? W_FRESH : 0));
 	rc = io_sync(loop, fd);
 	if (rc < 0) {
 		w->cb = NULL;
 		w->arg = NULL;
-		w->flags = 0;
+		w->flags = keep;
 		w->events = 0;
 		return rc;
 	}
@@ -184,11 +206,23 @@ int px_io_mod(px_loop *loop, int fd, unsigned events)
 	struct pxi_watch *w = pxi_io_get(loop, fd);
 	if (!w)
 		return -ENOENT;
-	uint8_t old_events = w->events, old_flags = w->flags;
+	uint8_t old_events = w->events;
+	uint16_t old_flags = w->flags;
 	if (w->events == events)
 		return 0; /* nothing changes, on any backend */
 	w->events = (uint8_t)events;
-	w->flags &= (uint8_t)~(W_QUIET | W_PROBE);
+	if (!(loop->be->native & PX_ET) && ((events | old_events) & PX_ET)) {
+		/* The emulation's state restarts at the flush, if the mask
+		 * then differs from the last one (as epoll re-checks readiness
+		 * only when the change reaches the kernel). */
+		if (!(w->flags & W_DIRTY) &&
+		    vec_push(&loop->chg, &loop->chglen, &loop->chgcap, fd) == 0)
+			w->flags |= W_DIRTY;
+		if (w->flags & W_DIRTY)
+			return 0;
+		w->flags &= (uint16_t)~(W_QUIET | W_PROBE);
+		w->fevents = w->events;
+	}
 	rc = io_sync(loop, fd);
 	if (rc < 0) {
 		w->events = old_events;
@@ -229,21 +263,23 @@ int pxi_io_lib_write(px_loop *loop, int fd, bool on)
 }
 
 /* Drops the registration; the caller has checked it exists. */
-static void io_drop(px_loop *loop, int fd, bool tell_kernel)
+/* Drops the registration; the caller has checked it exists.  Leaving the
+ * kernel waits for the flush (px_loop_free never makes it: a child after fork
+ * must not touch the parent's epoll set). */
+static void io_drop(px_loop *loop, int fd)
 {
 	struct pxi_watch *w = &loop->w[fd];
 	struct pxi_sendq *sq = pxi_io_sendq(loop, fd);
 	struct pxi_owner *owner = (w->flags & W_OWNED) ? w->arg : NULL;
+	uint8_t kev = w->kev;
+	uint16_t dirty = w->flags & W_DIRTY;
 
-	if (w->kev && tell_kernel) {
-		/* Failure means the fd was closed (the kernel forgot it already);
-		 * the registration goes either way. */
-		(void)loop->be->ctl(loop->bst, fd, w->kev, 0);
-	}
-	if (w->kev)
-		loop->nkernel--;
 	memset(w, 0, sizeof(*w));
+	w->kev = kev;
+	w->flags = dirty;
 	loop->nwatch--;
+	if (kev)
+		(void)io_sync(loop, fd);
 	if (sq) {
 		loop->sq[fd] = NULL;
 		pxi_sendq_free(loop, sq);
@@ -260,7 +296,7 @@ int px_io_del(px_loop *loop, int fd)
 		return -EBADF;
 	if (!pxi_io_get(loop, fd))
 		return -ENOENT;
-	io_drop(loop, fd, true);
+	io_drop(loop, fd);
 	return 0;
 }
 
@@ -268,30 +304,75 @@ void pxi_io_free_all(px_loop *loop)
 {
 	for (int fd = 0; fd < loop->wcap && loop->nwatch > 0; fd++)
 		if (loop->w[fd].cb)
-			io_drop(loop, fd, false);
+			io_drop(loop, fd);
 	free(loop->w);
 	free(loop->sq);
 	free(loop->ev);
 	free(loop->etlist);
 	free(loop->fresh);
+	free(loop->chg);
+	free(loop->failed);
 	free(loop->etpfd);
 	loop->w = NULL;
 	loop->sq = NULL;
 	loop->sqcap = 0;
 	loop->ev = NULL;
-	loop->etlist = loop->fresh = NULL;
+	loop->etlist = loop->fresh = loop->chg = loop->failed = NULL;
+	loop->chglen = loop->chgcap = loop->failedlen = loop->failedcap = 0;
 	loop->etpfd = NULL;
 	loop->wcap = loop->evcap = loop->etcap = loop->etlen = 0;
 	loop->freshcap = loop->freshlen = loop->etpfdcap = 0;
 }
 
-int pxi_io_reserve_events(px_loop *loop)
+/* The kernel reports an fd we hold no registration for and cannot remove
+ * by number (it was closed while a dup keeps the file open): only a new
+ * kernel set gets rid of it. */
+static int backend_rebuild(px_loop *loop)
 {
-	int need = loop->nkernel > 0 ? loop->nkernel : 1;
+	void *st = loop->be->create();
 
+	if (!st)
+		return errno ? -errno : -ENOMEM;
+	loop->be->destroy(loop->bst);
+	loop->bst = st;
+	loop->nkernel = 0;
+	for (int fd = 0; fd < loop->wcap; fd++) {
+		struct pxi_watch *w = &loop->w[fd];
+		w->kev = 0;
+		w->flags &= (uint16_t)~W_NEWFILE;
+		if (w->cb && kernel_apply(loop, fd) < 0 &&
+		    vec_push(&loop->failed, &loop->failedlen, &loop->failedcap, fd) < 0)
+			w->events &= (uint8_t)~PX_RW;
+	}
+	return 0;
+}
+
+int pxi_io_prepare(px_loop *loop)
+{
+	if (loop->rebuild) {
+		int rc = backend_rebuild(loop);
+		if (rc < 0)
+			return rc;
+		loop->rebuild = false;
+	}
+	for (int i = 0; i < loop->chglen; i++) {
+		int fd = loop->chg[i];
+		struct pxi_watch *w = &loop->w[fd];
+		w->flags &= (uint16_t)~W_DIRTY;
+		if (w->events != w->fevents) {
+			w->flags &= (uint16_t)~(W_QUIET | W_PROBE);
+			w->fevents = w->events;
+		}
+		if (kernel_apply(loop, fd) < 0 &&
+		    vec_push(&loop->failed, &loop->failedlen, &loop->failedcap, fd) < 0)
+			w->events &= (uint8_t)~PX_RW; /* cannot even tell: disarm */
+	}
+	loop->chglen = 0;
+
+	int need = (loop->nkernel > 0 ? loop->nkernel : 1);
 	if (loop->be->batch > 0 && need > loop->be->batch)
 		need = loop->be->batch;
-
+	need += loop->failedlen;
 	if (need <= loop->evcap)
 		return 0;
 	int cap = loop->evcap ? loop->evcap : 64;
@@ -305,6 +386,23 @@ int pxi_io_reserve_events(px_loop *loop)
 	return 0;
 }
 
+/* A change the kernel refused is reported like a closed fd: PX_ERR once,
+ * then the watcher is disarmed.  Merged into the fd's event, if it has one,
+ * to keep one callback per fd per iteration. */
+int pxi_io_add_failed(px_loop *loop, int n)
+{
+	for (int i = 0; i < loop->failedlen; i++) {
+		int fd = loop->failed[i], j;
+		for (j = 0; j < n && loop->ev[j].fd != fd; j++)
+			;
+		if (j == n)
+			loop->ev[n++] = (struct pxi_event){ fd, 0 };
+		loop->ev[j].revents |= PX_ERR | PXR_NVAL;
+	}
+	loop->failedlen = 0;
+	return n;
+}
+
 /* Applies what delivering an event does to the watcher's arming, before the
  * callback runs (so the callback sees, and may change, the new state). */
 static void disarm_after(px_loop *loop, int fd, unsigned rev, unsigned out)
@@ -312,12 +410,16 @@ static void disarm_after(px_loop *loop, int fd, unsigned rev, unsigned out)
 	struct pxi_watch *w = &loop->w[fd];
 
 	if ((rev & PXR_NVAL) || (w->events & PX_ONESHOT)) {
-		/* A closed fd is reported once; a one-shot fires once. */
+		/* A closed fd (or a change the kernel refused) is reported once,
+		 * the library's own interest included; a one-shot fires once. */
+		if (rev & PXR_NVAL)
+			w->lib = 0;
 		w->events &= (uint8_t)~PX_RW;
-		w->flags &= (uint8_t)~(W_QUIET | W_PROBE);
+		w->fevents = w->events; /* re-arming is a change, as for epoll */
+		w->flags &= (uint16_t)~(W_QUIET | W_PROBE);
 		(void)io_sync(loop, fd);
 	} else if (emulates_et(loop, w)) {
-		w->flags |= (uint8_t)((out & PX_RW) << 2);
+		w->flags |= (uint16_t)((out & PX_RW) << 2);
 		if (!(w->flags & W_LISTED) &&
 		    vec_push(&loop->etlist, &loop->etlen, &loop->etcap, fd) == 0)
 			w->flags |= W_LISTED;
@@ -330,13 +432,19 @@ void pxi_io_dispatch(px_loop *loop, int n)
 		int fd = loop->ev[i].fd;
 		unsigned rev = loop->ev[i].revents;
 
-		if (fd < 0 || fd >= loop->wcap)
+		if (fd < 0 || fd >= loop->wcap || (!loop->w[fd].cb && !loop->w[fd].kev)) {
+			/* The kernel holds what we never registered or already
+			 * removed: see backend_rebuild. */
+			loop->rebuild = loop->be->native != 0;
 			continue;
+		}
 		struct pxi_watch *w = &loop->w[fd];
 		if (!w->cb || (w->flags & W_FRESH))
 			continue; /* deleted, or re-added after the wait: stale */
-		if ((w->kev & PX_ONESHOT) && !(w->flags & W_KMOD))
-			w->kev = PXK_INERT; /* the kernel disarmed it */
+		/* Kernel registrations change only before the wait (or are new),
+		 * so a native one-shot that reported here is disarmed now. */
+		if (w->kev & PX_ONESHOT)
+			w->kev = PXK_INERT;
 
 		if ((w->lib & PX_WRITE) && (rev & (PX_WRITE | PX_HUP | PX_ERR))) {
 			pxi_sendq_flush(loop, fd);
@@ -353,7 +461,9 @@ void pxi_io_dispatch(px_loop *loop, int n)
 		if (bad && armed)
 			out |= armed | bad;
 		if (!(out & PX_RW)) {
-			if (w->kev == PXK_INERT && (w->events & PX_RW))
+			if (rev & PXR_NVAL)
+				disarm_after(loop, fd, rev, 0); /* nothing to tell, still disarm */
+			else if (w->kev == PXK_INERT && (w->events & PX_RW))
 				(void)io_sync(loop, fd); /* re-arm what the one-shot hid */
 			continue;
 		}
@@ -367,7 +477,7 @@ void pxi_io_dispatch(px_loop *loop, int n)
 	for (int i = 0; i < loop->freshlen; i++) {
 		int fd = loop->fresh[i];
 		if (fd < loop->wcap)
-			loop->w[fd].flags &= (uint8_t)~(W_FRESH | W_KMOD);
+			loop->w[fd].flags &= (uint16_t)~W_FRESH;
 	}
 	loop->freshlen = 0;
 }
@@ -409,12 +519,14 @@ void pxi_io_et_check(px_loop *loop)
 		if (!w || !(w->flags & W_LISTED))
 			continue;
 		unsigned dirs = ((w->flags & W_PROBE) >> 2) | (w->flags & W_QUIET_W);
-		if (emulates_et(loop, w))
-			dirs &= w->events & PX_RW;
+		/* Judged by the mask of the last flush: a change made since then
+		 * restarts the emulation at the next flush if it still stands. */
+		if (w->fevents & PX_ET)
+			dirs &= w->fevents & PX_RW;
 		else
 			dirs = 0;
 		if (!dirs) {
-			w->flags &= (uint8_t)~(W_LISTED | W_PROBE);
+			w->flags &= (uint16_t)~(W_LISTED | W_PROBE);
 			continue;
 		}
 		short pev = 0;
@@ -436,7 +548,7 @@ void pxi_io_et_check(px_loop *loop)
 		int fd = loop->etpfd[i].fd;
 		short ev = loop->etpfd[i].events, rev = rc < 0 ? 0 : loop->etpfd[i].revents;
 		struct pxi_watch *w = &loop->w[fd];
-		uint8_t quiet = w->flags & W_QUIET;
+		uint16_t quiet = w->flags & W_QUIET;
 
 		if (rc >= 0 && !(rev & POLLNVAL)) {
 			if (ev & POLLOUT)
@@ -447,7 +559,7 @@ void pxi_io_et_check(px_loop *loop)
 				quiet = at_eof ? quiet | W_QUIET_R : quiet & ~W_QUIET_R;
 			}
 		}
-		w->flags = (uint8_t)((w->flags & ~(W_QUIET | W_PROBE | W_LISTED)) | quiet);
+		w->flags = (uint16_t)((w->flags & ~(W_QUIET | W_PROBE | W_LISTED)) | quiet);
 		if ((quiet & W_QUIET_W) &&
 		    vec_push(&loop->etlist, &loop->etlen, &loop->etcap, fd) == 0)
 			w->flags |= W_LISTED; /* watch for the user filling it */

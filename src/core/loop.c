@@ -163,13 +163,16 @@ static int loop_wait(px_loop *loop, int timeout_ms)
 
 static int iterate(px_loop *loop, int timeout_ms)
 {
-	int n = pxi_io_reserve_events(loop);
+	int n = pxi_io_prepare(loop);
 
 	if (n < 0)
 		return n;
+	if (loop->failedlen > 0)
+		timeout_ms = 0; /* refused changes are reported in this iteration */
 	n = loop_wait(loop, timeout_ms);
 	if (n < 0)
 		return n;
+	n = pxi_io_add_failed(loop, n);
 	loop->ran_cb = false;
 	loop->in_cb_window = true;
 	pxi_timers_run(loop);
