@@ -14,8 +14,6 @@
 
 struct epoll_state {
 	int epfd;
-	struct epoll_event *buf;
-	int cap;
 };
 
 static void *ep_create(void)
@@ -39,7 +37,6 @@ static void ep_destroy(void *p)
 	struct epoll_state *st = p;
 
 	close(st->epfd);
-	free(st->buf);
 	free(st);
 }
 
@@ -88,34 +85,16 @@ static int ep_ctl(void *p, int fd, unsigned oldk, unsigned newk)
 	return -errno;
 }
 
-static int ep_wait(void *p, int timeout_ms, struct pxi_event *ev, int cap)
+_Static_assert(EPOLLIN == PXR_IN && EPOLLOUT == PXR_OUT && EPOLLERR == PXR_ERR &&
+                   EPOLLHUP == PXR_HUP && EPOLLRDHUP == PXR_RDHUP,
+               "epoll's bits are the core's");
+
+static int ep_wait(void *p, int timeout_ms, pxi_event *ev, int cap)
 {
 	struct epoll_state *st = p;
+	int n = epoll_wait(st->epfd, ev, cap, timeout_ms);
 
-	if (st->cap < cap) {
-		struct epoll_event *b = realloc(st->buf, (size_t)cap * sizeof(*b));
-		if (!b)
-			return -ENOMEM;
-		st->buf = b;
-		st->cap = cap;
-	}
-	int n = epoll_wait(st->epfd, st->buf, cap, timeout_ms);
-	if (n < 0)
-		return -errno;
-	for (int i = 0; i < n; i++) {
-		uint32_t e = st->buf[i].events;
-		unsigned r = 0;
-		if (e & EPOLLIN)
-			r |= PX_READ;
-		if (e & EPOLLOUT)
-			r |= PX_WRITE;
-		if (e & (EPOLLHUP | EPOLLRDHUP))
-			r |= PX_HUP;
-		if (e & EPOLLERR)
-			r |= PX_ERR;
-		ev[i] = (struct pxi_event){ st->buf[i].data.fd, r };
-	}
-	return n;
+	return n < 0 ? -errno : n;
 }
 
 const struct pxi_backend pxi_backend_epoll = {

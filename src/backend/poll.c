@@ -87,7 +87,11 @@ static int pl_ctl(void *p, int fd, unsigned oldk, unsigned newk)
 	return 0;
 }
 
-static int pl_wait(void *p, int timeout_ms, struct pxi_event *ev, int cap)
+_Static_assert(POLLIN == PXR_IN && POLLOUT == PXR_OUT && POLLERR == PXR_ERR &&
+                   POLLHUP == PXR_HUP && POLLNVAL == PXR_NVAL && POLLRDHUP == PXR_RDHUP,
+               "poll's bits are the core's");
+
+static int pl_wait(void *p, int timeout_ms, pxi_event *ev, int cap)
 {
 	struct poll_state *st = p;
 	int rc = poll(st->pfd, (nfds_t)st->n, timeout_ms);
@@ -96,21 +100,11 @@ static int pl_wait(void *p, int timeout_ms, struct pxi_event *ev, int cap)
 	if (rc < 0)
 		return -errno;
 	for (int i = 0; i < st->n && out < rc && out < cap; i++) {
-		short e = st->pfd[i].revents;
+		unsigned short e = (unsigned short)st->pfd[i].revents;
 		if (!e)
 			continue;
-		unsigned r = 0;
-		if (e & POLLIN)
-			r |= PX_READ;
-		if (e & POLLOUT)
-			r |= PX_WRITE;
-		if (e & (POLLHUP | POLLRDHUP))
-			r |= PX_HUP;
-		if (e & POLLERR)
-			r |= PX_ERR;
-		if (e & POLLNVAL)
-			r |= PX_ERR | PXR_NVAL;
-		ev[out++] = (struct pxi_event){ st->pfd[i].fd, r };
+		ev[out].events = e;
+		ev[out++].data.fd = st->pfd[i].fd;
 	}
 	return out;
 }

@@ -9,14 +9,31 @@
  * means "in the set, but disarmed by the kernel" (a fired native oneshot). */
 #define PXK_INERT 0x40u
 
-/* revents bits a backend may report: PX_READ, PX_WRITE, PX_HUP, PX_ERR, and
- * PXR_NVAL for an fd that turned out to be closed (the core disarms it). */
-#define PXR_NVAL 0x100u
+/* Ready bits, as a backend reports them, have the values of poll() and
+ * epoll (the same on Linux, and checked by the poll and epoll backends), so
+ * that epoll's results are used as they come. */
+#define PXR_IN    0x001u
+#define PXR_OUT   0x004u
+#define PXR_ERR   0x008u
+#define PXR_HUP   0x010u
+#define PXR_NVAL  0x020u /* the fd was closed: the core reports it once, disarms it */
+#define PXR_RDHUP 0x2000u
 
-struct pxi_event {
-	int fd;
-	unsigned revents;
-};
+/* One ready fd.  With epoll this is struct epoll_event itself, filled by the
+ * kernel; the other backends fill the same layout. */
+#ifdef HAVE_EPOLL
+#include <sys/epoll.h>
+typedef struct epoll_event pxi_event;
+#else
+#include <stdint.h>
+typedef struct {
+	uint32_t events;
+	union {
+		int fd;
+		uint64_t u64;
+	} data;
+} pxi_event;
+#endif
 
 struct pxi_backend {
 	const char *name;
@@ -33,7 +50,7 @@ struct pxi_backend {
 	/* Wait up to timeout_ms (-1: forever) and fill at most cap events, at most
 	 * one per fd.  Returns the count, or -errno (-EINTR is retried by the
 	 * core). */
-	int (*wait)(void *st, int timeout_ms, struct pxi_event *ev, int cap);
+	int (*wait)(void *st, int timeout_ms, pxi_event *ev, int cap);
 };
 
 extern const struct pxi_backend pxi_backend_select;

@@ -46,6 +46,8 @@ struct pxi_watch {
 	uint8_t lib;    /* the library's own interest (PX_WRITE for sends) */
 	uint8_t fevents; /* events as of the last flush: ET emulation restarts
 	                  * only when the mask really changed across a wait */
+	uint8_t fast; /* the armed PX_READ|PX_WRITE when dispatch needs nothing
+	               * but the callback (see io.c), else 0 */
 };
 
 struct pxi_timer_slot; /* timer.c */
@@ -61,7 +63,7 @@ struct px_loop {
 	int nwatch;  /* registered fds */
 	int nkernel; /* fds the backend holds */
 
-	struct pxi_event *ev;
+	pxi_event *ev;
 	int evcap;
 
 	/* Send queues by fd, allocated on the first px_send: loops that never

@@ -23,6 +23,23 @@ static bool emulates_et(const px_loop *loop, const struct pxi_watch *w)
 	return (w->events & PX_ET) && !(loop->be->native & PX_ET);
 }
 
+/* A plain watcher (registered before this wait, level or native ET, no
+ * one-shot, no library interest) needs nothing from dispatch but its
+ * callback: its armed directions are cached in w->fast for the hot path. */
+static void fast_update(const px_loop *loop, struct pxi_watch *w)
+{
+	bool plain = w->cb && !(w->flags & W_FRESH) && !w->lib && !(w->events & PX_ONESHOT) &&
+	             !emulates_et(loop, w);
+	w->fast = plain ? (uint8_t)(w->events & PX_RW) : 0;
+}
+
+/* The kernel's ready bits as PX_READ / PX_WRITE (PXR_IN is bit 0, PXR_OUT
+ * bit 2). */
+static inline unsigned ready_rw(uint32_t e)
+{
+	return (e & PXR_IN) | ((e & PXR_OUT) >> 1);
+}
+
 /* What the kernel should watch for this watcher. */
 static unsigned want_kev(const px_loop *loop, const struct pxi_watch *w)
 {
@@ -164,6 +181,7 @@ static int io_add(px_loop *loop, int fd, unsigned events, px_io_cb *cb, void *ar
 		w->events = 0;
 		return rc;
 	}
+	fast_update(loop, w);
 	loop->nwatch++;
 	return 0;
 }
@@ -218,8 +236,10 @@ int px_io_mod(px_loop *loop, int fd, unsigned events)
 		if (!(w->flags & W_DIRTY) &&
 		    vec_push(&loop->chg, &loop->chglen, &loop->chgcap, fd) == 0)
 			w->flags |= W_DIRTY;
-		if (w->flags & W_DIRTY)
+		if (w->flags & W_DIRTY) {
+			fast_update(loop, w);
 			return 0;
+		}
 		w->flags &= (uint16_t)~(W_QUIET | W_PROBE);
 		w->fevents = w->events;
 	}
@@ -228,6 +248,7 @@ int px_io_mod(px_loop *loop, int fd, unsigned events)
 		w->events = old_events;
 		w->flags = old_flags;
 	}
+	fast_update(loop, w);
 	return rc;
 }
 
@@ -259,6 +280,7 @@ int pxi_io_lib_write(px_loop *loop, int fd, bool on)
 	int rc = io_sync(loop, fd);
 	if (rc < 0)
 		w->lib = old;
+	fast_update(loop, w);
 	return rc;
 }
 
@@ -378,7 +400,7 @@ int pxi_io_prepare(px_loop *loop)
 	int cap = loop->evcap ? loop->evcap : 64;
 	while (cap < need)
 		cap *= 2;
-	struct pxi_event *ev = realloc(loop->ev, (size_t)cap * sizeof(*ev));
+	pxi_event *ev = realloc(loop->ev, (size_t)cap * sizeof(*ev));
 	if (!ev)
 		return -ENOMEM;
 	loop->ev = ev;
@@ -393,11 +415,13 @@ int pxi_io_add_failed(px_loop *loop, int n)
 {
 	for (int i = 0; i < loop->failedlen; i++) {
 		int fd = loop->failed[i], j;
-		for (j = 0; j < n && loop->ev[j].fd != fd; j++)
+		for (j = 0; j < n && loop->ev[j].data.fd != fd; j++)
 			;
-		if (j == n)
-			loop->ev[n++] = (struct pxi_event){ fd, 0 };
-		loop->ev[j].revents |= PX_ERR | PXR_NVAL;
+		if (j == n) {
+			loop->ev[n].events = 0;
+			loop->ev[n++].data.fd = fd;
+		}
+		loop->ev[j].events |= PXR_NVAL;
 	}
 	loop->failedlen = 0;
 	return n;
@@ -405,19 +429,20 @@ int pxi_io_add_failed(px_loop *loop, int n)
 
 /* Applies what delivering an event does to the watcher's arming, before the
  * callback runs (so the callback sees, and may change, the new state). */
-static void disarm_after(px_loop *loop, int fd, unsigned rev, unsigned out)
+static void disarm_after(px_loop *loop, int fd, bool nval, unsigned out)
 {
 	struct pxi_watch *w = &loop->w[fd];
 
-	if ((rev & PXR_NVAL) || (w->events & PX_ONESHOT)) {
+	if (nval || (w->events & PX_ONESHOT)) {
 		/* A closed fd (or a change the kernel refused) is reported once,
 		 * the library's own interest included; a one-shot fires once. */
-		if (rev & PXR_NVAL)
+		if (nval)
 			w->lib = 0;
 		w->events &= (uint8_t)~PX_RW;
 		w->fevents = w->events; /* re-arming is a change, as for epoll */
 		w->flags &= (uint16_t)~(W_QUIET | W_PROBE);
 		(void)io_sync(loop, fd);
+		fast_update(loop, w);
 	} else if (emulates_et(loop, w)) {
 		w->flags |= (uint16_t)((out & PX_RW) << 2);
 		if (!(w->flags & W_LISTED) &&
@@ -426,58 +451,85 @@ static void disarm_after(px_loop *loop, int fd, unsigned rev, unsigned out)
 	}
 }
 
+/* Everything but the plain case: stale and stray events, hang-ups and
+ * errors, one-shots, ET emulation, the library's own write interest. */
+static void dispatch_slow(px_loop *loop, int fd, uint32_t e)
+{
+	struct pxi_watch *w = &loop->w[fd];
+
+	if (!w->cb && !w->kev) {
+		/* The kernel holds what we never registered or already removed:
+		 * see backend_rebuild. */
+		loop->rebuild = loop->be->native != 0;
+		return;
+	}
+	if (!w->cb || (w->flags & W_FRESH))
+		return; /* deleted, or re-added after the wait: stale */
+	/* Kernel registrations change only before the wait (or are new), so a
+	 * native one-shot that reported here is disarmed now. */
+	if (w->kev & PX_ONESHOT)
+		w->kev = PXK_INERT;
+
+	bool nval = e & PXR_NVAL;
+	unsigned rev = ready_rw(e) | (e & (PXR_HUP | PXR_RDHUP) ? PX_HUP : 0) |
+	               (e & (PXR_ERR | PXR_NVAL) ? PX_ERR : 0);
+	if ((w->lib & PX_WRITE) && (rev & (PX_WRITE | PX_HUP | PX_ERR))) {
+		pxi_sendq_flush(loop, fd);
+		w = pxi_io_get(loop, fd);
+		if (!w || (w->flags & W_FRESH))
+			return;
+	}
+
+	unsigned armed = w->events & PX_RW;
+	if (emulates_et(loop, w))
+		armed &= ~(unsigned)(w->flags & W_QUIET);
+	unsigned out = rev & armed;
+	unsigned bad = rev & (PX_HUP | PX_ERR);
+	if (bad && armed)
+		out |= armed | bad;
+	if (!(out & PX_RW)) {
+		if (nval)
+			disarm_after(loop, fd, true, 0); /* nothing to tell, still disarm */
+		else if (w->kev == PXK_INERT && (w->events & PX_RW))
+			(void)io_sync(loop, fd); /* re-arm what the one-shot hid */
+		return;
+	}
+	disarm_after(loop, fd, nval, out);
+	w->cb(loop, fd, out, w->arg);
+}
+
 void pxi_io_dispatch(px_loop *loop, int n)
 {
+	const pxi_event *ev = loop->ev;
+
+	/* One "inside a callback" mark for the whole round. */
+	loop->depth++;
+	if (n > 0)
+		loop->ran_cb = true;
 	for (int i = 0; i < n; i++) {
-		int fd = loop->ev[i].fd;
-		unsigned rev = loop->ev[i].revents;
-
-		if (fd < 0 || fd >= loop->wcap || (!loop->w[fd].cb && !loop->w[fd].kev)) {
-			/* The kernel holds what we never registered or already
-			 * removed: see backend_rebuild. */
-			loop->rebuild = loop->be->native != 0;
+		uint32_t e = ev[i].events;
+		int fd = ev[i].data.fd;
+		/* Backends only report fds this loop put in their set, and the
+		 * table never shrinks; the check costs little and keeps it so. */
+		if ((unsigned)fd >= (unsigned)loop->wcap)
 			continue;
-		}
 		struct pxi_watch *w = &loop->w[fd];
-		if (!w->cb || (w->flags & W_FRESH))
-			continue; /* deleted, or re-added after the wait: stale */
-		/* Kernel registrations change only before the wait (or are new),
-		 * so a native one-shot that reported here is disarmed now. */
-		if (w->kev & PX_ONESHOT)
-			w->kev = PXK_INERT;
-
-		if ((w->lib & PX_WRITE) && (rev & (PX_WRITE | PX_HUP | PX_ERR))) {
-			pxi_sendq_flush(loop, fd);
-			w = pxi_io_get(loop, fd);
-			if (!w || (w->flags & W_FRESH))
-				continue;
-		}
-
-		unsigned armed = w->events & PX_RW;
-		if (emulates_et(loop, w))
-			armed &= ~(unsigned)(w->flags & W_QUIET);
-		unsigned out = rev & armed;
-		unsigned bad = rev & (PX_HUP | PX_ERR);
-		if (bad && armed)
-			out |= armed | bad;
-		if (!(out & PX_RW)) {
-			if (rev & PXR_NVAL)
-				disarm_after(loop, fd, rev, 0); /* nothing to tell, still disarm */
-			else if (w->kev == PXK_INERT && (w->events & PX_RW))
-				(void)io_sync(loop, fd); /* re-arm what the one-shot hid */
+		unsigned fast = w->fast;
+		if (fast && !(e & ~(uint32_t)(PXR_IN | PXR_OUT))) {
+			unsigned out = ready_rw(e) & fast;
+			if (out)
+				w->cb(loop, fd, out, w->arg);
 			continue;
 		}
-		disarm_after(loop, fd, rev, out);
-		px_io_cb *cb = w->cb;
-		void *arg = w->arg;
-		pxi_call_enter(loop);
-		cb(loop, fd, out, arg);
-		pxi_call_leave(loop);
+		dispatch_slow(loop, fd, e);
 	}
+	loop->depth--;
 	for (int i = 0; i < loop->freshlen; i++) {
 		int fd = loop->fresh[i];
-		if (fd < loop->wcap)
+		if (fd < loop->wcap) {
 			loop->w[fd].flags &= (uint16_t)~W_FRESH;
+			fast_update(loop, &loop->w[fd]);
+		}
 	}
 	loop->freshlen = 0;
 }
