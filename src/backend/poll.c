@@ -17,6 +17,7 @@ struct poll_state {
 	int n, cap;
 	int *idx; /* indexed by fd */
 	int idxcap;
+	int start; /* where the next scan of results begins */
 };
 
 static void *pl_create(void)
@@ -97,14 +98,23 @@ static int pl_wait(void *p, int timeout_ms, pxi_event *ev, int cap)
 	int rc = poll(st->pfd, (nfds_t)st->n, timeout_ms);
 	int out = 0;
 
-	if (rc < 0)
-		return -errno;
-	for (int i = 0; i < st->n && out < rc && out < cap; i++) {
+	if (rc <= 0)
+		return rc < 0 ? -errno : 0;
+	if (rc > cap)
+		rc = cap;
+	/* When more are ready than fit, the next scan starts where this one
+	 * stopped, so the end of the array is not starved. */
+	int i = st->start < st->n ? st->start : 0;
+	for (int seen = 0; seen < st->n; seen++, i = i + 1 < st->n ? i + 1 : 0) {
 		unsigned short e = (unsigned short)st->pfd[i].revents;
 		if (!e)
 			continue;
 		ev[out].events = e;
-		ev[out++].data.fd = st->pfd[i].fd;
+		ev[out].data.fd = st->pfd[i].fd;
+		if (++out == rc) {
+			st->start = i + 1;
+			break;
+		}
 	}
 	return out;
 }
@@ -112,6 +122,7 @@ static int pl_wait(void *p, int timeout_ms, pxi_event *ev, int cap)
 const struct pxi_backend pxi_backend_poll = {
 	.name = "poll",
 	.native = 0,
+	.batch = 1024,
 	.create = pl_create,
 	.destroy = pl_destroy,
 	.ctl = pl_ctl,

@@ -22,7 +22,8 @@ struct select_state {
 	unsigned long *rd, *wr;   /* interest */
 	unsigned long *ord, *owr; /* the copy select() overwrites */
 	size_t words;
-	int maxfd; /* -1 when empty */
+	int maxfd;    /* -1 when empty */
+	size_t start; /* word where the next scan of results begins */
 };
 
 static void *sel_create(void)
@@ -162,14 +163,23 @@ static int sel_wait(void *p, int timeout_ms, pxi_event *ev, int cap)
 	} else if (rc < 0) {
 		return -errno;
 	}
-	/* A word at a time: idle fds cost one test per 64. */
+	/* A word at a time: idle fds cost one test per 64.  When more are
+	 * ready than fit, the next scan starts at the word where this one
+	 * stopped, so high fds are not starved. */
 	size_t words = ((size_t)st->maxfd + BITS) / BITS;
-	for (size_t i = 0; i < words && rc > 0 && out < cap; i++) {
-		unsigned long any = st->ord[i] | st->owr[i];
-		while (any && out < cap) {
+	size_t w = st->start < words ? st->start : 0;
+	for (size_t seen = 0; seen < words && rc > 0; seen++, w = w + 1 < words ? w + 1 : 0) {
+		unsigned long any = st->ord[w] | st->owr[w];
+		if (!any)
+			continue;
+		if (out + __builtin_popcountl(any) > cap) {
+			st->start = w; /* this word does not fit: next time */
+			break;
+		}
+		while (any) {
 			int bitno = __builtin_ctzl(any);
 			any &= any - 1;
-			int fd = (int)(i * BITS) + bitno;
+			int fd = (int)(w * BITS) + bitno;
 			unsigned r = (bit(st->ord, fd) ? PXR_IN : 0) | (bit(st->owr, fd) ? PXR_OUT : 0);
 			rc -= (r & PXR_IN ? 1 : 0) + (r & PXR_OUT ? 1 : 0);
 			ev[out].events = r;
@@ -182,6 +192,7 @@ static int sel_wait(void *p, int timeout_ms, pxi_event *ev, int cap)
 const struct pxi_backend pxi_backend_select = {
 	.name = "select",
 	.native = 0,
+	.batch = 1024,
 	.create = sel_create,
 	.destroy = sel_destroy,
 	.ctl = sel_ctl,

@@ -38,8 +38,9 @@ typedef struct {
 struct pxi_backend {
 	const char *name;
 	unsigned native; /* PX_ET | PX_ONESHOT done by the kernel */
-	/* Most events one wait needs room for; 0: one per fd in the set (a
-	 * scan from the start of the set would starve its tail otherwise). */
+	/* Most events one wait reports (the rest wait for the next one; a
+	 * backend that scans its set must then rotate where it starts);
+	 * 0: one per fd in the set. */
 	int batch;
 	/* Returns the backend's state, or NULL with errno set. */
 	void *(*create)(void);

@@ -127,9 +127,12 @@ static int tab_reserve(px_loop *loop, int fd)
 		return 0;
 	if (fcntl(fd, F_GETFD) < 0)
 		return -EBADF;
-	size_t cap = loop->wcap ? (size_t)loop->wcap : 64;
-	while (cap <= (size_t)fd)
-		cap *= 2;
+	/* Geometric, but by an eighth: the table is indexed by fd number and
+	 * its slack is memory every watcher pays for. */
+	size_t cap = (size_t)loop->wcap + (size_t)loop->wcap / 8;
+	if (cap <= (size_t)fd)
+		cap = (size_t)fd + 1;
+	cap = (cap + 63) & ~(size_t)63;
 	if (cap > (size_t)INT_MAX)
 		cap = (size_t)INT_MAX;
 	struct pxi_watch *w = realloc(loop->w, cap * sizeof(*w));

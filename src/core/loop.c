@@ -128,7 +128,16 @@ const char *px_loop_backend(const px_loop *loop)
 
 uint64_t px_loop_now(const px_loop *loop)
 {
-	return loop ? loop->now_ns / 1000000u : 0;
+	if (!loop)
+		return 0;
+	if (loop->now_stale) {
+		/* Read lazily: loops without timers skip the clock after each
+		 * wait.  The loop is never a const object, only viewed as one. */
+		px_loop *l = (px_loop *)loop;
+		l->now_ns = pxi_clock_ns();
+		l->now_stale = false;
+	}
+	return loop->now_ns / 1000000u;
 }
 
 void px_loop_stop(px_loop *loop)
@@ -153,9 +162,14 @@ static int loop_wait(px_loop *loop, int timeout_ms)
 
 	for (;;) {
 		int n = loop->be->wait(loop->bst, timeout_ms, loop->ev, loop->evcap);
-		loop->now_ns = pxi_clock_ns();
-		if (n != -EINTR)
+		if (n != -EINTR) {
+			/* Only timers need the time; px_loop_now reads it lazily. */
+			loop->now_stale = loop->heaplen == 0;
+			if (!loop->now_stale)
+				loop->now_ns = pxi_clock_ns();
 			return n;
+		}
+		loop->now_ns = pxi_clock_ns();
 		if (timeout_ms > 0)
 			timeout_ms = loop->now_ns >= deadline ? 0 : ns_to_timeout(deadline - loop->now_ns);
 	}
@@ -175,7 +189,8 @@ static int iterate(px_loop *loop, int timeout_ms)
 	n = pxi_io_add_failed(loop, n);
 	loop->ran_cb = false;
 	loop->in_cb_window = true;
-	pxi_timers_run(loop);
+	if (loop->heaplen > 0)
+		pxi_timers_run(loop);
 	pxi_io_dispatch(loop, n);
 	loop->in_cb_window = false;
 	if (loop->etlen > 0 && loop->ran_cb)
@@ -198,6 +213,7 @@ int px_loop_run(px_loop *loop, int mode)
 		return -EBUSY;
 	loop->running = true;
 	loop->now_ns = pxi_clock_ns();
+	loop->now_stale = false;
 	/* Writes made outside the loop may have filled an idle ET socket. */
 	if (loop->etlen > 0)
 		pxi_io_et_check(loop);
@@ -206,8 +222,10 @@ int px_loop_run(px_loop *loop, int mode)
 		int timeout = 0;
 		/* Callbacks take time: measure the next timer from now, not
 		 * from before they ran. */
-		if (loop->ran_cb)
+		if ((loop->ran_cb || loop->now_stale) && loop->heaplen > 0) {
 			loop->now_ns = pxi_clock_ns();
+			loop->now_stale = false;
+		}
 		if (mode != PX_RUN_NOWAIT && !loop->stop)
 			timeout = ns_to_timeout(pxi_timers_next(loop));
 		rc = iterate(loop, timeout);
