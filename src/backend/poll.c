@@ -104,16 +104,18 @@ static int pl_wait(void *p, int timeout_ms, pxi_event *ev, int cap)
 		rc = cap;
 	/* When more are ready than fit, the next scan starts where this one
 	 * stopped, so the end of the array is not starved. */
-	int i = st->start < st->n ? st->start : 0;
-	for (int seen = 0; seen < st->n; seen++, i = i + 1 < st->n ? i + 1 : 0) {
-		unsigned short e = (unsigned short)st->pfd[i].revents;
-		if (!e)
-			continue;
-		ev[out].events = e;
-		ev[out].data.fd = st->pfd[i].fd;
-		if (++out == rc) {
-			st->start = i + 1;
-			break;
+	int from = st->start < st->n ? st->start : 0;
+	for (int pass = 0; pass < 2; pass++) {
+		int end = pass ? from : st->n;
+		for (int i = pass ? 0 : from; i < end; i++) {
+			if (!st->pfd[i].revents)
+				continue;
+			ev[out].events = (unsigned short)st->pfd[i].revents;
+			ev[out].data.fd = st->pfd[i].fd;
+			if (++out == rc) {
+				st->start = i + 1;
+				return out;
+			}
 		}
 	}
 	return out;

@@ -46,8 +46,8 @@ struct pxi_watch {
 	uint8_t lib;    /* the library's own interest (PX_WRITE for sends) */
 	uint8_t fevents; /* events as of the last flush: ET emulation restarts
 	                  * only when the mask really changed across a wait */
-	uint8_t fast; /* the armed PX_READ|PX_WRITE when dispatch needs nothing
-	               * but the callback (see io.c), else 0 */
+	uint8_t fast; /* the armed directions as PXR_IN|PXR_OUT when dispatch
+	               * needs nothing but the callback (see io.c), else 0 */
 };
 
 struct pxi_timer_slot; /* timer.c */
