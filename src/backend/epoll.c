@@ -76,11 +76,6 @@ static int ep_ctl(void *p, int fd, unsigned oldk, unsigned newk)
 		if (op == EPOLL_CTL_DEL)
 			return 0;
 		break;
-	case EEXIST:
-		/* A dup kept the old registration alive. */
-		if (op == EPOLL_CTL_ADD)
-			return epoll_ctl(st->epfd, EPOLL_CTL_MOD, fd, &e) == 0 ? 0 : -errno;
-		break;
 	}
 	return -errno;
 }

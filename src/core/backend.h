@@ -45,8 +45,9 @@ struct pxi_backend {
 	/* Returns the backend's state, or NULL with errno set. */
 	void *(*create)(void);
 	void (*destroy)(void *st);
-	/* Make the kernel's interest for fd go from oldk to newk (they differ).
-	 * 0 or -errno; on error the kernel's view is unchanged. */
+	/* Make the kernel's interest for fd go from oldk to newk (0: add; to
+	 * 0: remove; else change).  0 or -errno (-EEXIST: adding what the
+	 * kernel holds); on error the kernel's view is unchanged. */
 	int (*ctl)(void *st, int fd, unsigned oldk, unsigned newk);
 	/* Wait up to timeout_ms (-1: forever) and fill at most cap events, at most
 	 * one per fd.  Returns the count, or -errno (-EINTR is retried by the

@@ -29,7 +29,7 @@ static bool emulates_et(const px_loop *loop, const struct pxi_watch *w)
 static void fast_update(const px_loop *loop, struct pxi_watch *w)
 {
 	bool plain = w->cb && !(w->flags & W_FRESH) && !w->lib && !(w->events & PX_ONESHOT) &&
-	             !emulates_et(loop, w);
+	             !(w->kev & (PX_ONESHOT | PXK_INERT)) && !emulates_et(loop, w);
 	/* Kept in the kernel's bits, so that one test tells whether a result
 	 * is entirely plain readiness the watcher asked for. */
 	unsigned rw = plain ? w->events & PX_RW : 0;
@@ -87,22 +87,42 @@ static int kernel_apply(px_loop *loop, int fd)
 {
 	struct pxi_watch *w = &loop->w[fd];
 	unsigned k = w->cb ? want_kev(loop, w) : 0;
+	unsigned oldk = w->kev;
+	bool native = loop->be->native != 0;
+	int rc;
 
-	if (k == w->kev && (!(w->flags & W_NEWFILE) || !k)) {
+	/* A deleted watcher is left in a kernel set (epoll): closing the fd,
+	 * which usually follows, removes it there for free; if it fires
+	 * instead, dispatch removes it; a re-add of the number settles it. */
+	if (!w->cb && oldk && native)
+		return 0;
+	if (k == oldk && (!(w->flags & W_NEWFILE) || !k)) {
 		w->flags &= (uint16_t)~W_NEWFILE;
 		return 0;
 	}
-	/* For a re-added number the change is made even when the mask is the
-	 * same: the kernel may hold a registration of the old file. */
-	int rc = loop->be->ctl(loop->bst, fd, w->kev, k);
+	if ((w->flags & W_NEWFILE) && native && k) {
+		/* Re-added while the kernel may hold the old registration: the
+		 * number may name a new file.  Add; EEXIST proves it is the same
+		 * file, registered, which needs a change only for another mask
+		 * (or to restart edge-triggered reporting, as a new one would). */
+		rc = loop->be->ctl(loop->bst, fd, 0, k);
+		if (rc == -EEXIST)
+			rc = oldk == k && !(k & PX_ET) ? 0 : loop->be->ctl(loop->bst, fd, k, k);
+	} else {
+		rc = loop->be->ctl(loop->bst, fd, oldk, k);
+		if (rc == -EEXIST && !oldk) /* the kernel held it already */
+			rc = loop->be->ctl(loop->bst, fd, k, k);
+	}
 	if (rc < 0 && k)
 		return rc;
 	w->flags &= (uint16_t)~W_NEWFILE;
-	if (!w->kev)
+	if (!oldk && k)
 		loop->nkernel++;
-	else if (!k)
+	else if (oldk && !k)
 		loop->nkernel--;
 	w->kev = (uint8_t)k;
+	if (w->cb)
+		fast_update(loop, w); /* a kernel-side one-shot keeps the slow path */
 	return 0;
 }
 
@@ -472,12 +492,23 @@ static void dispatch_slow(px_loop *loop, int fd, uint32_t e)
 		loop->rebuild = loop->be->native != 0;
 		return;
 	}
-	if (!w->cb || (w->flags & W_FRESH))
-		return; /* deleted, or re-added after the wait: stale */
+	if (!w->cb) {
+		/* A deleted watcher still in the kernel set fired: its fd is
+		 * open, so remove it now (see kernel_apply). */
+		if (loop->be->native) {
+			(void)loop->be->ctl(loop->bst, fd, w->kev, 0);
+			w->kev = 0;
+			loop->nkernel--;
+		}
+		return;
+	}
 	/* Kernel registrations change only before the wait (or are new), so a
-	 * native one-shot that reported here is disarmed now. */
+	 * native one-shot that reported here is disarmed now, whoever the
+	 * event is for (a re-added watcher must then re-arm it). */
 	if (w->kev & PX_ONESHOT)
 		w->kev = PXK_INERT;
+	if (w->flags & W_FRESH)
+		return; /* re-added after the wait: stale */
 
 	bool nval = e & PXR_NVAL;
 	unsigned rev = ready_rw(e) | (e & (PXR_HUP | PXR_RDHUP) ? PX_HUP : 0) |

@@ -94,6 +94,7 @@ struct pxi_sendq {
 	int err;      /* sticky flush error (-errno), 0 if none */
 	bool above;   /* pending has been > low_water since the last drain */
 	bool message; /* datagram-style socket: one chunk per px_send */
+	bool typed;   /* message has been learned (SO_TYPE) */
 };
 
 /* A chunk for need bytes; stream queues round up to CHUNK_MIN so that later
@@ -149,30 +150,51 @@ static struct pxi_watch *user_watch(const px_loop *loop, int fd)
 	return w && !(w->flags & W_OWNED) ? w : NULL;
 }
 
-/* The fd's queue, created if needed.  Checks once that fd is a socket and
- * learns whether it keeps message boundaries.  0 or -errno. */
-static int queue_get(px_loop *loop, int fd, struct pxi_sendq **out)
+/* Learns, once, whether the socket keeps message boundaries.  0 or -errno
+ * (-ENOTSOCK, -EBADF). */
+static int queue_learn_type(int fd, struct pxi_sendq *q)
+{
+	int type;
+	socklen_t tlen = sizeof(type);
+
+	if (q->typed)
+		return 0;
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0)
+		return -errno;
+	q->message = type != SOCK_STREAM;
+	q->typed = true;
+	return 0;
+}
+
+/* The fd's queue, created if needed.  With probe, checks that fd is a socket
+ * (px_send learns that from send() itself, and the type only when it has to
+ * queue: a send the kernel takes whole costs no extra system call).
+ * 0 or -errno. */
+static int queue_get(px_loop *loop, int fd, struct pxi_sendq **out, bool probe)
 {
 	struct pxi_watch *w = user_watch(loop, fd);
 
 	if (!w)
 		return -ENOENT;
-	struct pxi_sendq *have = pxi_io_sendq(loop, fd);
-	if (have) {
-		*out = have;
-		return 0;
-	}
-	int type;
-	socklen_t tlen = sizeof(type);
-	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0)
-		return -errno; /* -ENOTSOCK, or -EBADF for a closed fd */
-	struct pxi_sendq *q = calloc(1, sizeof(*q));
-	if (!q)
-		return -ENOMEM;
-	q->message = type != SOCK_STREAM;
-	if (pxi_io_set_sendq(loop, fd, q) < 0) {
-		free(q);
-		return -ENOMEM;
+	struct pxi_sendq *q = pxi_io_sendq(loop, fd);
+	if (!q) {
+		struct pxi_sendq probed = { 0 };
+		int rc;
+		if (probe && (rc = queue_learn_type(fd, &probed)) < 0)
+			return rc;
+		q = calloc(1, sizeof(*q));
+		if (!q)
+			return -ENOMEM;
+		q->message = probed.message;
+		q->typed = probed.typed;
+		if (pxi_io_set_sendq(loop, fd, q) < 0) {
+			free(q);
+			return -ENOMEM;
+		}
+	} else if (probe) {
+		int rc = queue_learn_type(fd, q);
+		if (rc < 0)
+			return rc;
 	}
 	*out = q;
 	return 0;
@@ -258,7 +280,7 @@ int px_send(px_loop *loop, int fd, const void *buf, size_t len)
 		return 0;
 	if (fd < 0)
 		return -EBADF;
-	if ((rc = queue_get(loop, fd, &q)) < 0)
+	if ((rc = queue_get(loop, fd, &q, false)) < 0)
 		return rc;
 	if (q->err)
 		return q->err;
@@ -283,6 +305,9 @@ int px_send(px_loop *loop, int fd, const void *buf, size_t len)
 		free(c);
 		return 0;
 	}
+	/* Queuing after all: whether the socket keeps message boundaries
+	 * matters from here on (a failure here would have failed the send). */
+	(void)queue_learn_type(fd, q);
 	memcpy(c->data, (const unsigned char *)buf + n, left);
 	c->len = left;
 	if (c->cap > CHUNK_MIN && c->cap - left > CHUNK_MIN / 4) {
@@ -325,7 +350,7 @@ int px_send_notify(px_loop *loop, int fd, size_t low_water, px_drain_cb *cb, voi
 		return -EINVAL;
 	if (fd < 0)
 		return -EBADF;
-	if ((rc = queue_get(loop, fd, &q)) < 0)
+	if ((rc = queue_get(loop, fd, &q, true)) < 0)
 		return rc;
 	q->cb = cb;
 	q->arg = cb ? arg : NULL;
