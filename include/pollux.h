@@ -140,7 +140,9 @@ typedef void px_io_cb(px_loop *loop, int fd, unsigned revents, void *arg);
  * nothing to write, a read side at end of file) and is not reported again
  * until it has been seen not ready, until px_io_mod, or until re-adding.
  * Code that reads or writes until EAGAIN behaves as on epoll, and an idle,
- * writable PX_ET watcher does not make the loop spin.  Only code that drains
+ * writable PX_ET watcher does not make the loop spin.  On select, which
+ * cannot see hang-ups, the end of file is reported once more before the read
+ * side counts as finished.  Only code that drains
  * to EAGAIN has defined behaviour under PX_ET.  Once a PX_ET watcher's read
  * side has reached end of file (or a write failed for good), select and poll
  * treat that direction as idle for good, while epoll may report it again

@@ -454,9 +454,17 @@ static void test_et_read_eof(void **state)
 	tu_cpu_begin(&cpu);
 	assert_true(tu_run_for(loop, 500));
 	double f = tu_cpu_end(&cpu);
-	assert_int_equal(c.calls, 1);
-	assert_int_equal(c.rev[0], PX_READ | hup(loop));
-	assert_int_equal(c.bytes[0], 0);
+	/* select cannot see the hang-up: it reports the end of file once more
+	 * before treating the read side as finished (an end of file that came
+	 * after a callback's EAGAIN must not be missed). */
+	if (tu_is(loop, "select"))
+		assert_true(c.calls == 1 || c.calls == 2);
+	else
+		assert_int_equal(c.calls, 1);
+	for (int i = 0; i < c.calls; i++) {
+		assert_int_equal(c.rev[i], PX_READ | hup(loop));
+		assert_int_equal(c.bytes[i], 0);
+	}
 	if (f >= 0.25)
 		fail_msg("ET watcher at EOF: %.0f%% CPU", f * 100);
 	assert_int_equal(px_io_del(loop, sv[0]), 0);

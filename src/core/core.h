@@ -33,6 +33,10 @@ struct pxi_sendq; /* defined by src/core/send.c */
 #define W_DIRTY   0x080u /* on loop->chg: the kernel's view is synced before the wait */
 #define W_NEWFILE 0x100u /* re-added while the old registration was still in the
                           * kernel: the number may name another file now */
+#define W_EOFSEEN 0x200u /* ET emulation: a check found the read side at end of file */
+#define W_EOFTOLD 0x400u /* ... and a callback has run since, so the reader saw it */
+/* Everything the ET emulation knows; forgotten when the mask changes. */
+#define W_ETSTATE (W_QUIET_R | W_QUIET_W | W_PROBE_R | W_PROBE_W | W_EOFSEEN | W_EOFTOLD)
 
 /* A slot with cb == NULL and kev != 0 is a deleted watcher whose removal from
  * the kernel waits for the next flush (so delete + re-add costs at most one

@@ -269,7 +269,7 @@ int px_io_mod(px_loop *loop, int fd, unsigned events)
 			fast_update(loop, w);
 			return 0;
 		}
-		w->flags &= (uint16_t)~(W_QUIET | W_PROBE);
+		w->flags &= (uint16_t)~W_ETSTATE;
 		w->fevents = w->events;
 	}
 	rc = io_sync(loop, fd);
@@ -411,7 +411,7 @@ int pxi_io_prepare(px_loop *loop)
 		struct pxi_watch *w = &loop->w[fd];
 		w->flags &= (uint16_t)~W_DIRTY;
 		if (w->events != w->fevents) {
-			w->flags &= (uint16_t)~(W_QUIET | W_PROBE);
+			w->flags &= (uint16_t)~W_ETSTATE;
 			w->fevents = w->events;
 		}
 		if (kernel_apply(loop, fd) < 0 &&
@@ -469,11 +469,17 @@ static void disarm_after(px_loop *loop, int fd, bool nval, unsigned out)
 			w->lib = 0;
 		w->events &= (uint8_t)~PX_RW;
 		w->fevents = w->events; /* re-arming is a change, as for epoll */
-		w->flags &= (uint16_t)~(W_QUIET | W_PROBE);
+		w->flags &= (uint16_t)~W_ETSTATE;
 		(void)io_sync(loop, fd);
 		fast_update(loop, w);
 	} else if (emulates_et(loop, w)) {
 		w->flags |= (uint16_t)((out & PX_RW) << 2);
+		/* Told of a hang-up, or called while a check had found the end
+		 * of file: its reads reach 0 now. */
+		if (out & PX_HUP)
+			w->flags |= W_EOFSEEN | W_EOFTOLD;
+		else if ((out & PX_READ) && (w->flags & W_EOFSEEN))
+			w->flags |= W_EOFTOLD;
 		if (!(w->flags & W_LISTED) &&
 		    vec_push(&loop->etlist, &loop->etlen, &loop->etcap, fd) == 0)
 			w->flags |= W_LISTED;
@@ -647,7 +653,16 @@ void pxi_io_et_check(px_loop *loop)
 			if (ev & POLLIN) {
 				bool at_eof = (rev & POLLIN) && (rev & (POLLRDHUP | POLLHUP | POLLERR)) &&
 				              nothing_to_read(fd);
-				quiet = at_eof ? quiet | W_QUIET_R : quiet & ~W_QUIET_R;
+				/* The end of file may have arrived after the callback
+				 * read EAGAIN: silence the side only once a callback
+				 * has run while it was there (one more callback at
+				 * most, never a missed end of file). */
+				if (!at_eof)
+					w->flags &= (uint16_t)~(W_EOFSEEN | W_EOFTOLD);
+				else if (!(w->flags & W_EOFSEEN))
+					w->flags |= W_EOFSEEN;
+				quiet = at_eof && (w->flags & W_EOFTOLD) ? quiet | W_QUIET_R
+				                                         : quiet & ~W_QUIET_R;
 			}
 		}
 		w->flags = (uint16_t)((w->flags & ~(W_QUIET | W_PROBE | W_LISTED)) | quiet);
