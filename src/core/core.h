@@ -74,6 +74,7 @@ struct px_loop {
 	 * send pay nothing per fd for them. */
 	struct pxi_sendq **sq;
 	int sqcap;
+	void *send_spare; /* send.c: one reusable chunk */
 
 	int *etlist; /* fds needing an ET emulation check */
 	int etlen, etcap;
@@ -142,6 +143,7 @@ int pxi_io_add_failed(px_loop *loop, int n);
 /* send.c: called by io.c */
 void pxi_sendq_flush(px_loop *loop, int fd);   /* fd writable, lib interest set */
 void pxi_sendq_free(px_loop *loop, struct pxi_sendq *q);
+void pxi_send_loop_free(px_loop *loop); /* frees what send.c keeps per loop */
 
 static inline void pxi_call_enter(px_loop *loop) { loop->depth++; loop->ran_cb = true; }
 static inline void pxi_call_leave(px_loop *loop) { loop->depth--; }

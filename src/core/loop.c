@@ -116,6 +116,7 @@ void px_loop_free(px_loop *loop)
 		return;
 	/* Owners (connects, acceptors) may delete their timers on release. */
 	pxi_io_free_all(loop);
+	pxi_send_loop_free(loop);
 	pxi_timers_free(loop);
 	loop->be->destroy(loop->bst);
 	free(loop);

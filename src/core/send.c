@@ -114,6 +114,36 @@ static struct chunk *chunk_new(const struct pxi_sendq *q, size_t need)
 	return c;
 }
 
+/* One spare chunk per loop: the room a send reserves before calling send()
+ * comes without malloc and free when the kernel takes it all (the usual
+ * case), and -ENOMEM still can never leave a buffer half sent. */
+static struct chunk *chunk_take(px_loop *loop, const struct pxi_sendq *q, size_t need)
+{
+	struct chunk *c = loop->send_spare;
+
+	if (c && need <= c->cap) {
+		loop->send_spare = NULL;
+		c->next = NULL;
+		c->off = c->len = 0;
+		return c;
+	}
+	return chunk_new(q, need);
+}
+
+static void chunk_give(px_loop *loop, struct chunk *c)
+{
+	if (!loop->send_spare && c->cap == CHUNK_MIN)
+		loop->send_spare = c;
+	else
+		free(c);
+}
+
+void pxi_send_loop_free(px_loop *loop)
+{
+	free(loop->send_spare);
+	loop->send_spare = NULL;
+}
+
 static void chunks_free(struct pxi_sendq *q)
 {
 	struct chunk *c = q->head;
@@ -288,21 +318,21 @@ int px_send(px_loop *loop, int fd, const void *buf, size_t len)
 		return queue_append(q, buf, len); /* never reorder */
 
 	/* Empty queue: reserve room for everything, then send now. */
-	struct chunk *c = chunk_new(q, len);
+	struct chunk *c = chunk_take(loop, q, len);
 	if (!c)
 		return -ENOMEM;
 	ssize_t n = send(fd, buf, len, SEND_FLAGS);
 	if (n < 0) {
 		int e = errno;
 		if (!not_now(e)) {
-			free(c);
+			chunk_give(loop, c);
 			return -e;
 		}
 		n = 0;
 	}
 	size_t left = len - (size_t)n;
 	if (left == 0) {
-		free(c);
+		chunk_give(loop, c);
 		return 0;
 	}
 	/* Queuing after all: whether the socket keeps message boundaries
