@@ -100,7 +100,6 @@ struct px_loop {
 
 	uint64_t now_ns;
 	bool now_stale; /* no timer needed the clock after the last wait */
-	int npending; /* pending connects and other keep-alive work */
 	bool running;
 	bool in_cb_window; /* between a wait and the end of its dispatch */
 	bool stop;

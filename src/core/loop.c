@@ -201,7 +201,8 @@ static int iterate(px_loop *loop, int timeout_ms)
 
 static bool alive(const px_loop *loop)
 {
-	return loop->nwatch > 0 || loop->ntimers > 0 || loop->npending > 0;
+	/* Pending connects and acceptors are registered watchers. */
+	return loop->nwatch > 0 || loop->ntimers > 0;
 }
 
 int px_loop_run(px_loop *loop, int mode)
