@@ -39,13 +39,6 @@ static void fast_update(const px_loop *loop, struct pxi_watch *w)
 /* PX_READ / PX_WRITE from the kernel's PXR_IN (bit 0) and PXR_OUT (bit 2). */
 static const uint8_t rw_of[8] = { 0, PX_READ, 0, PX_READ, PX_WRITE, PX_RW, PX_WRITE, PX_RW };
 
-/* The kernel's ready bits as PX_READ / PX_WRITE (PXR_IN is bit 0, PXR_OUT
- * bit 2). */
-static inline unsigned ready_rw(uint32_t e)
-{
-	return (e & PXR_IN) | ((e & PXR_OUT) >> 1);
-}
-
 /* What the kernel should watch for this watcher. */
 static unsigned want_kev(const px_loop *loop, const struct pxi_watch *w)
 {
@@ -131,17 +124,22 @@ static int kernel_apply(px_loop *loop, int fd)
  * what the kernel refuses (-EPERM, -EBADF, ...); changes to one the kernel
  * holds wait for the flush before the next wait, where a change and its
  * undoing in the same iteration cancel out. */
-static int io_sync(px_loop *loop, int fd)
+/* Puts fd on the list the flush before the next wait goes through; false
+ * only when that list cannot grow. */
+static bool mark_dirty(px_loop *loop, int fd)
 {
 	struct pxi_watch *w = &loop->w[fd];
 
-	if (!w->kev)
+	if (!(w->flags & W_DIRTY) &&
+	    vec_push(&loop->chg, &loop->chglen, &loop->chgcap, fd) == 0)
+		w->flags |= W_DIRTY;
+	return w->flags & W_DIRTY;
+}
+
+static int io_sync(px_loop *loop, int fd)
+{
+	if (!loop->w[fd].kev || !mark_dirty(loop, fd))
 		return kernel_apply(loop, fd);
-	if (w->flags & W_DIRTY)
-		return 0;
-	if (vec_push(&loop->chg, &loop->chglen, &loop->chgcap, fd) < 0)
-		return kernel_apply(loop, fd);
-	w->flags |= W_DIRTY;
 	return 0;
 }
 
@@ -262,10 +260,7 @@ int px_io_mod(px_loop *loop, int fd, unsigned events)
 		/* The emulation's state restarts at the flush, if the mask
 		 * then differs from the last one (as epoll re-checks readiness
 		 * only when the change reaches the kernel). */
-		if (!(w->flags & W_DIRTY) &&
-		    vec_push(&loop->chg, &loop->chglen, &loop->chgcap, fd) == 0)
-			w->flags |= W_DIRTY;
-		if (w->flags & W_DIRTY) {
+		if (mark_dirty(loop, fd)) {
 			fast_update(loop, w);
 			return 0;
 		}
@@ -517,7 +512,7 @@ static void dispatch_slow(px_loop *loop, int fd, uint32_t e)
 		return; /* re-added after the wait: stale */
 
 	bool nval = e & PXR_NVAL;
-	unsigned rev = ready_rw(e) | (e & (PXR_HUP | PXR_RDHUP) ? PX_HUP : 0) |
+	unsigned rev = rw_of[e & 7] | (e & (PXR_HUP | PXR_RDHUP) ? PX_HUP : 0) |
 	               (e & (PXR_ERR | PXR_NVAL) ? PX_ERR : 0);
 	if ((w->lib & PX_WRITE) && (rev & (PX_WRITE | PX_HUP | PX_ERR))) {
 		pxi_sendq_flush(loop, fd);
