@@ -166,7 +166,11 @@ PX_API int px_io_mod(px_loop *loop, int fd, unsigned events);
  * without a callback; removes an acceptor on it.  Succeeds (0) for an fd that
  * was closed while registered.  Errors: -EINVAL NULL loop, -EBADF negative fd,
  * -ENOENT not registered.  An fd deleted during an iteration gets no further
- * callback from that iteration. */
+ * callback from that iteration.  Once it returns, no event of the
+ * registration reaches any watcher or wakes the loop, whatever other copies
+ * of the file exist (dup, fork, SCM_RIGHTS) and whatever file the number
+ * names after close: on epoll the kernel registration is removed at once (one
+ * epoll_ctl), while the fd is still open. */
 PX_API int px_io_del(px_loop *loop, int fd);
 
 /* ------------------------------------------------------------------------ */

@@ -2,6 +2,7 @@
 
 #ifdef HAVE_POLL
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,24 +69,42 @@ static int pl_grow(struct poll_state *st, int fd)
 	return 0;
 }
 
+static int pl_del(void *p, int fd, unsigned oldk)
+{
+	struct poll_state *st = p;
+	int i = st->idx[fd];
+
+	(void)oldk;
+	st->pfd[i] = st->pfd[--st->n];
+	st->idx[st->pfd[i].fd] = i;
+	return 0;
+}
+
 static int pl_ctl(void *p, int fd, unsigned oldk, unsigned newk)
 {
 	struct poll_state *st = p;
 
-	if (!oldk) {
-		int rc = pl_grow(st, fd);
-		if (rc < 0)
-			return rc;
-		st->idx[fd] = st->n;
-		st->pfd[st->n++] = (struct pollfd){ .fd = fd, .events = pl_mask(newk) };
-	} else if (!newk) {
-		int i = st->idx[fd];
-		st->pfd[i] = st->pfd[--st->n];
-		st->idx[st->pfd[i].fd] = i;
-	} else {
+	if (!newk)
+		return pl_del(p, fd, oldk); /* poll would still report hang-ups */
+	if (oldk) {
 		st->pfd[st->idx[fd]].events = pl_mask(newk);
+		return (int)newk;
 	}
-	return 0;
+	/* poll() checks nothing until it waits (then POLLNVAL): say now, as
+	 * epoll_ctl does, that the fd is not open. */
+	if (fcntl(fd, F_GETFD) < 0)
+		return -errno;
+	int rc = pl_grow(st, fd);
+	if (rc < 0)
+		return rc;
+	st->idx[fd] = st->n;
+	st->pfd[st->n++] = (struct pollfd){ .fd = fd, .events = pl_mask(newk) };
+	return (int)newk;
+}
+
+static int pl_count(void *p)
+{
+	return ((struct poll_state *)p)->n;
 }
 
 _Static_assert(POLLIN == PXR_IN && POLLOUT == PXR_OUT && POLLERR == PXR_ERR &&
@@ -123,11 +142,14 @@ static int pl_wait(void *p, int timeout_ms, pxi_event *ev, int cap)
 
 const struct pxi_backend pxi_backend_poll = {
 	.name = "poll",
-	.native = 0,
+	.kmodes = 0,
+	.persistent = false,
 	.batch = 1024,
 	.create = pl_create,
 	.destroy = pl_destroy,
 	.ctl = pl_ctl,
+	.del = pl_del,
 	.wait = pl_wait,
+	.count = pl_count,
 };
 #endif

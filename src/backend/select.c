@@ -23,6 +23,7 @@ struct select_state {
 	unsigned long *ord, *owr; /* the copy select() overwrites */
 	size_t words;
 	int maxfd;    /* -1 when empty */
+	int held;     /* fds in the sets */
 	size_t start; /* word where the next scan of results begins */
 };
 
@@ -91,18 +92,35 @@ static void sel_fix_max(struct select_state *st)
 static int sel_ctl(void *p, int fd, unsigned oldk, unsigned newk)
 {
 	struct select_state *st = p;
-	int rc = sel_grow(st, fd);
 
-	(void)oldk;
+	/* select() checks nothing until it waits (then EBADF for the whole
+	 * set): say now, as epoll_ctl does, that the fd is not open. */
+	if (!oldk && newk && fcntl(fd, F_GETFD) < 0)
+		return -errno;
+	int rc = sel_grow(st, fd);
 	if (rc < 0)
 		return rc;
+	if (!oldk && newk)
+		st->held++;
+	else if (oldk && !newk)
+		st->held--;
 	put(st->rd, fd, newk & PX_READ);
 	put(st->wr, fd, newk & PX_WRITE);
 	if (newk && fd > st->maxfd)
 		st->maxfd = fd;
 	else if (!newk && fd == st->maxfd)
 		sel_fix_max(st);
-	return 0;
+	return (int)newk;
+}
+
+static int sel_del(void *p, int fd, unsigned oldk)
+{
+	return sel_ctl(p, fd, oldk, 0);
+}
+
+static int sel_count(void *p)
+{
+	return ((struct select_state *)p)->held;
 }
 
 /* select() fails as a whole with EBADF when any fd in the sets was closed:
@@ -191,10 +209,13 @@ static int sel_wait(void *p, int timeout_ms, pxi_event *ev, int cap)
 
 const struct pxi_backend pxi_backend_select = {
 	.name = "select",
-	.native = 0,
+	.kmodes = 0,
+	.persistent = false,
 	.batch = 1024,
 	.create = sel_create,
 	.destroy = sel_destroy,
 	.ctl = sel_ctl,
+	.del = sel_del,
 	.wait = sel_wait,
+	.count = sel_count,
 };

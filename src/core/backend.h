@@ -4,10 +4,24 @@
 #ifndef PX_BACKEND_H
 #define PX_BACKEND_H
 
+#include <stdbool.h>
+
 /* Kernel masks passed to ctl: PX_READ | PX_WRITE, plus PX_ET / PX_ONESHOT only
- * for backends that do them natively.  0 means "not in the set".  PXK_INERT
- * means "in the set, but disarmed by the kernel" (a fired native oneshot). */
-#define PXK_INERT 0x40u
+ * for backends that do them in the kernel (kmodes).  0 means "no interest".
+ * What ctl returns is the backend's token for what the kernel now holds
+ * (0: nothing); the core stores it and hands it back as oldk. */
+
+/* Set by the core in oldk: the kernel reported this registration since it
+ * was last set.  Only tracked for kernel one-shots (which never take the
+ * dispatch fast path): the backend knows what a fired one-shot means. */
+#define PXK_FIRED 0x40u
+/* Returned by a removal: removed from the backend's view, but the kernel may
+ * keep a registration that can no longer be named (the fd was closed, or its
+ * number re-used, before the removal) and that goes on reporting under the
+ * old number while another copy of the file is open (dup, fork, SCM_RIGHTS).
+ * The core must then rebuild the set (reset) before it trusts that number
+ * again. */
+#define PXK_LOST 0x80u
 
 /* Ready bits, as a backend reports them, have the values of poll() and
  * epoll (the same on Linux, and checked by the poll and epoll backends), so
@@ -37,7 +51,11 @@ typedef struct {
 
 struct pxi_backend {
 	const char *name;
-	unsigned native; /* PX_ET | PX_ONESHOT done by the kernel */
+	unsigned kmodes; /* PX_ET | PX_ONESHOT done by the kernel */
+	/* The kernel keeps the interest set between waits (epoll): a
+	 * registration lives until removed or until every copy of its file is
+	 * closed, so removals must be made while the fd is still open. */
+	bool persistent;
 	/* Most events one wait reports (the rest wait for the next one; a
 	 * backend that scans its set must then rotate where it starts);
 	 * 0: one per fd in the set. */
@@ -45,14 +63,23 @@ struct pxi_backend {
 	/* Returns the backend's state, or NULL with errno set. */
 	void *(*create)(void);
 	void (*destroy)(void *st);
-	/* Make the kernel's interest for fd go from oldk to newk (0: add; to
-	 * 0: remove; else change).  0 or -errno (-EEXIST: adding what the
-	 * kernel holds); on error the kernel's view is unchanged. */
+	/* Make the kernel's interest for fd go from oldk (a token, 0: not
+	 * held) to newk (0: none; the backend may keep a registration that
+	 * reports nothing).  Returns the new token (>= 0; PXK_LOST possible
+	 * when newk is 0) or -errno, and then the kernel's view is unchanged.
+	 * Adding (oldk 0) an fd that is not open is -EBADF on every backend. */
 	int (*ctl)(void *st, int fd, unsigned oldk, unsigned newk);
+	/* Removes fd's registration (oldk != 0) for good: 0 or PXK_LOST. */
+	int (*del)(void *st, int fd, unsigned oldk);
+	/* Persistent sets only (else NULL): replace the kernel set by an empty
+	 * one; 0 or -errno, and then the old set is kept. */
+	int (*reset)(void *st);
 	/* Wait up to timeout_ms (-1: forever) and fill at most cap events, at most
 	 * one per fd.  Returns the count, or -errno (-EINTR is retried by the
 	 * core). */
 	int (*wait)(void *st, int timeout_ms, pxi_event *ev, int cap);
+	/* Registrations held (for the invariant checks). */
+	int (*count)(void *st);
 };
 
 extern const struct pxi_backend pxi_backend_select;

@@ -31,22 +31,21 @@ struct pxi_sendq; /* defined by src/core/send.c */
 #define W_FRESH   0x020u /* registered after this iteration's wait: no stale events */
 #define W_OWNED   0x040u /* arg is a struct pxi_owner */
 #define W_DIRTY   0x080u /* on loop->chg: the kernel's view is synced before the wait */
-#define W_NEWFILE 0x100u /* re-added while the old registration was still in the
-                          * kernel: the number may name another file now */
+#define W_ORPHAN  0x100u /* a registration at this number was lost (PXK_LOST):
+                          * the kernel may still report under it */
 #define W_EOFSEEN 0x200u /* ET emulation: a check found the read side at end of file */
 #define W_EOFTOLD 0x400u /* ... and a callback has run since, so the reader saw it */
 /* Everything the ET emulation knows; forgotten when the mask changes. */
 #define W_ETSTATE (W_QUIET_R | W_QUIET_W | W_PROBE_R | W_PROBE_W | W_EOFSEEN | W_EOFTOLD)
 
-/* A slot with cb == NULL and kev != 0 is a deleted watcher whose removal from
- * the kernel waits for the next flush (so delete + re-add costs at most one
- * system call). */
+/* One per fd number.  cb == NULL: not registered, and then kev == 0 (a
+ * deletion leaves the kernel at once). */
 struct pxi_watch {
 	px_io_cb *cb; /* NULL: not registered */
 	void *arg;
 	uint16_t flags;
 	uint8_t events; /* the user's mask (READ/WRITE/ET/ONESHOT) */
-	uint8_t kev;    /* what the backend holds (see backend.h) */
+	uint8_t kev;    /* the backend's token for what the kernel holds (backend.h) */
 	uint8_t lib;    /* the library's own interest (PX_WRITE for sends) */
 	uint8_t fevents; /* events as of the last flush: ET emulation restarts
 	                  * only when the mask really changed across a wait */
@@ -69,6 +68,7 @@ struct px_loop {
 
 	pxi_event *ev;
 	int evcap;
+	int waitcap; /* events a wait may report: waitcap + failedlen <= evcap */
 
 	/* Send queues by fd, allocated on the first px_send: loops that never
 	 * send pay nothing per fd for them. */
@@ -84,7 +84,7 @@ struct px_loop {
 	int chglen, chgcap;
 	int *failed; /* fds whose change the kernel refused: PX_ERR after the wait */
 	int failedlen, failedcap;
-	bool rebuild; /* the kernel reports an fd we cannot remove: start afresh */
+	bool rebuild; /* a lost registration reported: new kernel set before the wait */
 	struct pollfd *etpfd; /* scratch for the ET emulation check */
 	int etpfdcap;
 
@@ -106,6 +106,19 @@ struct px_loop {
 	bool ran_cb; /* a callback ran in this iteration */
 	int depth;   /* > 0 while a callback runs */
 };
+
+/* Invariant checks (configure --enable-invariants): PXI_ASSERT aborts with
+ * a message when a condition the code relies on is false; without the
+ * switch it costs nothing. */
+#ifdef PX_INVARIANTS
+void pxi_assert_fail(const char *cond, const char *file, int line);
+#define PXI_ASSERT(c) ((c) ? (void)0 : pxi_assert_fail(#c, __FILE__, __LINE__))
+/* Checks the whole loop: fd table, kernel mirror, lists, timers. */
+void pxi_loop_check(px_loop *loop, bool between);
+void pxi_timers_check(px_loop *loop);
+#else
+#define PXI_ASSERT(c) ((void)0)
+#endif
 
 /* clock.c */
 uint64_t pxi_clock_ns(void);

@@ -20,16 +20,16 @@ _Static_assert((W_PROBE_R >> 2) == PX_READ && (W_PROBE_W >> 2) == PX_WRITE,
 
 static bool emulates_et(const px_loop *loop, const struct pxi_watch *w)
 {
-	return (w->events & PX_ET) && !(loop->be->native & PX_ET);
+	return (w->events & PX_ET) && !(loop->be->kmodes & PX_ET);
 }
 
-/* A plain watcher (registered before this wait, level or native ET, no
+/* A plain watcher (registered before this wait, level or kernel ET, no
  * one-shot, no library interest) needs nothing from dispatch but its
  * callback: its armed directions are cached in w->fast for the hot path. */
 static void fast_update(const px_loop *loop, struct pxi_watch *w)
 {
-	bool plain = w->cb && !(w->flags & W_FRESH) && !w->lib && !(w->events & PX_ONESHOT) &&
-	             !(w->kev & (PX_ONESHOT | PXK_INERT)) && !emulates_et(loop, w);
+	bool plain = w->cb && w->kev && !(w->flags & W_FRESH) && !w->lib &&
+	             !(w->events & PX_ONESHOT) && !(w->kev & PX_ONESHOT) && !emulates_et(loop, w);
 	/* Kept in the kernel's bits, so that one test tells whether a result
 	 * is entirely plain readiness the watcher asked for. */
 	unsigned rw = plain ? w->events & PX_RW : 0;
@@ -42,19 +42,17 @@ static const uint8_t rw_of[8] = { 0, PX_READ, 0, PX_READ, PX_WRITE, PX_RW, PX_WR
 /* What the kernel should watch for this watcher. */
 static unsigned want_kev(const px_loop *loop, const struct pxi_watch *w)
 {
-	unsigned native = loop->be->native;
+	unsigned kmodes = loop->be->kmodes;
 	unsigned rw = w->events & PX_RW;
 	unsigned k;
 
 	if (emulates_et(loop, w))
 		rw &= ~(w->flags & W_QUIET);
 	k = rw | w->lib;
-	if (!k) /* a fired one-shot may stay inert, unless the number is a new file */
-		return w->kev == PXK_INERT && !(w->flags & W_NEWFILE) ? PXK_INERT : 0;
-	if (rw && (native & w->events & PX_ET))
+	if (rw && (kmodes & w->events & PX_ET))
 		k |= PX_ET;
-	/* A native one-shot would also silence the library's own interest. */
-	if (rw && !w->lib && (native & w->events & PX_ONESHOT))
+	/* A kernel one-shot would also silence the library's own interest. */
+	if (rw && !w->lib && (kmodes & w->events & PX_ONESHOT))
 		k |= PX_ONESHOT;
 	return k;
 }
@@ -73,49 +71,46 @@ static int vec_push(int **v, int *len, int *cap, int x)
 	return 0;
 }
 
-/* Brings the kernel's view of fd to what its watcher wants now.  0, or the
- * backend's error for an addition or change (a failed removal only means the
- * fd was closed, and the kernel forgot it already). */
+/* Stores a token from the backend as fd's kernel state. */
+static void kev_set(px_loop *loop, int fd, int tok)
+{
+	struct pxi_watch *w = &loop->w[fd];
+
+	if (tok & PXK_LOST) {
+		w->flags |= W_ORPHAN;
+		tok = 0;
+	}
+	if (!w->kev && tok)
+		loop->nkernel++;
+	else if (w->kev && !tok)
+		loop->nkernel--;
+	w->kev = (uint8_t)tok;
+}
+
+static int backend_rebuild(px_loop *loop, int skip);
+
+/* Brings the kernel's view of registered fd to what its watcher wants now.
+ * 0, or the backend's error for an addition or change (then nothing
+ * changed). */
 static int kernel_apply(px_loop *loop, int fd)
 {
 	struct pxi_watch *w = &loop->w[fd];
-	unsigned k = w->cb ? want_kev(loop, w) : 0;
-	unsigned oldk = w->kev;
-	bool native = loop->be->native != 0;
+	unsigned k = want_kev(loop, w);
 	int rc;
 
-	/* A deleted watcher is left in a kernel set (epoll): closing the fd,
-	 * which usually follows, removes it there for free; if it fires
-	 * instead, dispatch removes it; a re-add of the number settles it. */
-	if (!w->cb && oldk && native)
+	if (k == w->kev)
 		return 0;
-	if (k == oldk && (!(w->flags & W_NEWFILE) || !k)) {
-		w->flags &= (uint16_t)~W_NEWFILE;
-		return 0;
+	if (!w->kev && k && (w->flags & W_ORPHAN)) {
+		/* A lost registration may report under this number: it would
+		 * pass for the new one.  Only a new kernel set gets rid of it. */
+		if ((rc = backend_rebuild(loop, fd)) < 0)
+			return rc;
 	}
-	if ((w->flags & W_NEWFILE) && native && k) {
-		/* Re-added while the kernel may hold the old registration: the
-		 * number may name a new file.  Add; EEXIST proves it is the same
-		 * file, registered, which needs a change only for another mask
-		 * (or to restart edge-triggered reporting, as a new one would). */
-		rc = loop->be->ctl(loop->bst, fd, 0, k);
-		if (rc == -EEXIST)
-			rc = oldk == k && !(k & PX_ET) ? 0 : loop->be->ctl(loop->bst, fd, k, k);
-	} else {
-		rc = loop->be->ctl(loop->bst, fd, oldk, k);
-		if (rc == -EEXIST && !oldk) /* the kernel held it already */
-			rc = loop->be->ctl(loop->bst, fd, k, k);
-	}
-	if (rc < 0 && k)
+	rc = loop->be->ctl(loop->bst, fd, w->kev, k);
+	if (rc < 0)
 		return rc;
-	w->flags &= (uint16_t)~W_NEWFILE;
-	if (!oldk && k)
-		loop->nkernel++;
-	else if (oldk && !k)
-		loop->nkernel--;
-	w->kev = (uint8_t)k;
-	if (w->cb)
-		fast_update(loop, w); /* a kernel-side one-shot keeps the slow path */
+	kev_set(loop, fd, rc);
+	fast_update(loop, w);
 	return 0;
 }
 
@@ -192,20 +187,21 @@ static int io_add(px_loop *loop, int fd, unsigned events, px_io_cb *cb, void *ar
 	if (loop->in_cb_window &&
 	    (rc = vec_push(&loop->fresh, &loop->freshlen, &loop->freshcap, fd)) < 0)
 		return rc;
-	/* kev and W_DIRTY survive from a deleted watcher still in the kernel. */
-	uint16_t keep = w->flags & W_DIRTY;
+	/* A deleted watcher may still be on the change list, and its number
+	 * may name a lost registration. */
+	uint16_t keep = w->flags & (W_DIRTY | W_ORPHAN);
+	PXI_ASSERT(w->kev == 0);
 	w->cb = cb;
 	w->arg = arg;
 	w->events = w->fevents = (uint8_t)events;
 	w->lib = 0;
-	w->flags = (uint16_t)(flags | keep | (w->kev ? W_NEWFILE : 0) |
-	                      (loop->in_cb_window ? W_FRESH : 0));
+	w->flags = (uint16_t)(flags | keep | (loop->in_cb_window ? W_FRESH : 0));
 	rc = io_sync(loop, fd);
 	if (rc < 0) {
 		w->cb = NULL;
 		w->arg = NULL;
-		w->flags = keep;
-		w->events = 0;
+		w->flags = w->flags & (W_DIRTY | W_ORPHAN);
+		w->events = w->fevents = 0;
 		return rc;
 	}
 	fast_update(loop, w);
@@ -256,7 +252,7 @@ int px_io_mod(px_loop *loop, int fd, unsigned events)
 	if (w->events == events)
 		return 0; /* nothing changes, on any backend */
 	w->events = (uint8_t)events;
-	if (!(loop->be->native & PX_ET) && ((events | old_events) & PX_ET)) {
+	if (!(loop->be->kmodes & PX_ET) && ((events | old_events) & PX_ET)) {
 		/* The emulation's state restarts at the flush, if the mask
 		 * then differs from the last one (as epoll re-checks readiness
 		 * only when the change reaches the kernel). */
@@ -308,24 +304,27 @@ int pxi_io_lib_write(px_loop *loop, int fd, bool on)
 	return rc;
 }
 
-/* Drops the registration; the caller has checked it exists. */
-/* Drops the registration; the caller has checked it exists.  Leaving the
- * kernel waits for the flush (px_loop_free never makes it: a child after fork
- * must not touch the parent's epoll set). */
-static void io_drop(px_loop *loop, int fd)
+/* Drops the registration; the caller has checked it exists.  The kernel's
+ * registration is removed now, while the fd is open: after a close, one kept
+ * alive by another copy of the file could not be named any more.
+ * px_loop_free does not remove it (a child after fork must not touch the
+ * parent's epoll set; the set dies with the loop). */
+static void io_drop(px_loop *loop, int fd, bool kernel)
 {
 	struct pxi_watch *w = &loop->w[fd];
 	struct pxi_sendq *sq = pxi_io_sendq(loop, fd);
 	struct pxi_owner *owner = (w->flags & W_OWNED) ? w->arg : NULL;
 	uint8_t kev = w->kev;
-	uint16_t dirty = w->flags & W_DIRTY;
+	uint16_t keep = w->flags & (W_DIRTY | W_ORPHAN);
 
 	memset(w, 0, sizeof(*w));
-	w->kev = kev;
-	w->flags = dirty;
+	w->flags = keep;
 	loop->nwatch--;
-	if (kev)
-		(void)io_sync(loop, fd);
+	if (kev) {
+		loop->nkernel--;
+		if (kernel && (loop->be->del(loop->bst, fd, kev) & PXK_LOST))
+			w->flags |= W_ORPHAN;
+	}
 	if (sq) {
 		loop->sq[fd] = NULL;
 		pxi_sendq_free(loop, sq);
@@ -342,7 +341,7 @@ int px_io_del(px_loop *loop, int fd)
 		return -EBADF;
 	if (!pxi_io_get(loop, fd))
 		return -ENOENT;
-	io_drop(loop, fd);
+	io_drop(loop, fd, true);
 	return 0;
 }
 
@@ -350,7 +349,7 @@ void pxi_io_free_all(px_loop *loop)
 {
 	for (int fd = 0; fd < loop->wcap && loop->nwatch > 0; fd++)
 		if (loop->w[fd].cb)
-			io_drop(loop, fd);
+			io_drop(loop, fd, false);
 	free(loop->w);
 	free(loop->sq);
 	free(loop->ev);
@@ -370,23 +369,27 @@ void pxi_io_free_all(px_loop *loop)
 	loop->freshcap = loop->freshlen = loop->etpfdcap = 0;
 }
 
-/* The kernel reports an fd we hold no registration for and cannot remove
- * by number (it was closed while a dup keeps the file open): only a new
- * kernel set gets rid of it. */
-static int backend_rebuild(px_loop *loop)
+/* Replaces the kernel set by a new one holding every registration but
+ * skip's, to get rid of lost ones (PXK_LOST).  A registration the kernel now
+ * refuses is reported like a refused change. */
+static int backend_rebuild(px_loop *loop, int skip)
 {
-	void *st = loop->be->create();
+	int rc = loop->be->reset(loop->bst);
 
-	if (!st)
-		return errno ? -errno : -ENOMEM;
-	loop->be->destroy(loop->bst);
-	loop->bst = st;
+	if (rc < 0)
+		return rc;
+	loop->rebuild = false;
 	loop->nkernel = 0;
 	for (int fd = 0; fd < loop->wcap; fd++) {
 		struct pxi_watch *w = &loop->w[fd];
 		w->kev = 0;
-		w->flags &= (uint16_t)~W_NEWFILE;
-		if (w->cb && kernel_apply(loop, fd) < 0 &&
+		w->flags &= (uint16_t)~W_ORPHAN;
+		if (w->cb)
+			fast_update(loop, w);
+	}
+	for (int fd = 0; fd < loop->wcap; fd++) {
+		struct pxi_watch *w = &loop->w[fd];
+		if (w->cb && fd != skip && kernel_apply(loop, fd) < 0 &&
 		    vec_push(&loop->failed, &loop->failedlen, &loop->failedcap, fd) < 0)
 			w->events &= (uint8_t)~PX_RW;
 	}
@@ -396,15 +399,16 @@ static int backend_rebuild(px_loop *loop)
 int pxi_io_prepare(px_loop *loop)
 {
 	if (loop->rebuild) {
-		int rc = backend_rebuild(loop);
+		int rc = backend_rebuild(loop, -1);
 		if (rc < 0)
 			return rc;
-		loop->rebuild = false;
 	}
 	for (int i = 0; i < loop->chglen; i++) {
 		int fd = loop->chg[i];
 		struct pxi_watch *w = &loop->w[fd];
 		w->flags &= (uint16_t)~W_DIRTY;
+		if (!w->cb)
+			continue; /* deleted: removed from the kernel then */
 		if (w->events != w->fevents) {
 			w->flags &= (uint16_t)~W_ETSTATE;
 			w->fevents = w->events;
@@ -415,20 +419,24 @@ int pxi_io_prepare(px_loop *loop)
 	}
 	loop->chglen = 0;
 
-	int need = (loop->nkernel > 0 ? loop->nkernel : 1);
-	if (loop->be->batch > 0 && need > loop->be->batch)
-		need = loop->be->batch;
-	need += loop->failedlen;
-	if (need <= loop->evcap)
-		return 0;
-	int cap = loop->evcap ? loop->evcap : 64;
-	while (cap < need)
-		cap *= 2;
-	pxi_event *ev = realloc(loop->ev, (size_t)cap * sizeof(*ev));
-	if (!ev)
-		return -ENOMEM;
-	loop->ev = ev;
-	loop->evcap = cap;
+	/* The wait may fill waitcap events; the refused changes are added
+	 * after them. */
+	int waitcap = loop->nkernel > 0 ? loop->nkernel : 1;
+	if (loop->be->batch > 0 && waitcap > loop->be->batch)
+		waitcap = loop->be->batch;
+	int need = waitcap + loop->failedlen;
+	if (need > loop->evcap) {
+		int cap = loop->evcap ? loop->evcap : 64;
+		while (cap < need)
+			cap *= 2;
+		pxi_event *ev = realloc(loop->ev, (size_t)cap * sizeof(*ev));
+		if (!ev)
+			return -ENOMEM;
+		loop->ev = ev;
+		loop->evcap = cap;
+	}
+	loop->waitcap = waitcap;
+	PXI_ASSERT(loop->chglen == 0 && waitcap + loop->failedlen <= loop->evcap);
 	return 0;
 }
 
@@ -437,6 +445,7 @@ int pxi_io_prepare(px_loop *loop)
  * to keep one callback per fd per iteration. */
 int pxi_io_add_failed(px_loop *loop, int n)
 {
+	PXI_ASSERT(n <= loop->waitcap && loop->waitcap + loop->failedlen <= loop->evcap);
 	for (int i = 0; i < loop->failedlen; i++) {
 		int fd = loop->failed[i], j;
 		for (j = 0; j < n && loop->ev[j].data.fd != fd; j++)
@@ -487,29 +496,21 @@ static void dispatch_slow(px_loop *loop, int fd, uint32_t e)
 {
 	struct pxi_watch *w = &loop->w[fd];
 
-	if (!w->cb && !w->kev) {
-		/* The kernel holds what we never registered or already removed:
-		 * see backend_rebuild. */
-		loop->rebuild = loop->be->native != 0;
+	if (!w->kev) {
+		/* Nothing of ours is in the kernel under this number: deleted
+		 * or disarmed during this round (a stale event), or a lost
+		 * registration (PXK_LOST), which only a new set removes. */
+		if (w->flags & W_ORPHAN)
+			loop->rebuild = true;
 		return;
 	}
-	if (!w->cb) {
-		/* A deleted watcher still in the kernel set fired: its fd is
-		 * open, so remove it now (see kernel_apply). */
-		if (loop->be->native) {
-			(void)loop->be->ctl(loop->bst, fd, w->kev, 0);
-			w->kev = 0;
-			loop->nkernel--;
-		}
-		return;
-	}
-	/* Kernel registrations change only before the wait (or are new), so a
-	 * native one-shot that reported here is disarmed now, whoever the
-	 * event is for (a re-added watcher must then re-arm it). */
-	if (w->kev & PX_ONESHOT)
-		w->kev = PXK_INERT;
 	if (w->flags & W_FRESH)
 		return; /* re-added after the wait: stale */
+	/* Registrations change only before the wait (or are new, and then
+	 * fresh), so a kernel one-shot that reported here is the watcher's,
+	 * and the kernel has disarmed it. */
+	if (w->kev & PX_ONESHOT)
+		w->kev |= PXK_FIRED;
 
 	bool nval = e & PXR_NVAL;
 	unsigned rev = rw_of[e & 7] | (e & (PXR_HUP | PXR_RDHUP) ? PX_HUP : 0) |
@@ -531,7 +532,7 @@ static void dispatch_slow(px_loop *loop, int fd, uint32_t e)
 	if (!(out & PX_RW)) {
 		if (nval)
 			disarm_after(loop, fd, true, 0); /* nothing to tell, still disarm */
-		else if (w->kev == PXK_INERT && (w->events & PX_RW))
+		else if ((w->kev & PXK_FIRED) && (w->events & PX_RW))
 			(void)io_sync(loop, fd); /* re-arm what the one-shot hid */
 		return;
 	}

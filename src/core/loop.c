@@ -162,7 +162,7 @@ static int loop_wait(px_loop *loop, int timeout_ms)
 	uint64_t deadline = timeout_ms > 0 ? loop->now_ns + (uint64_t)timeout_ms * 1000000u : 0;
 
 	for (;;) {
-		int n = loop->be->wait(loop->bst, timeout_ms, loop->ev, loop->evcap);
+		int n = loop->be->wait(loop->bst, timeout_ms, loop->ev, loop->waitcap);
 		if (n != -EINTR) {
 			/* Only timers need the time; px_loop_now reads it lazily. */
 			loop->now_stale = loop->heaplen == 0;
@@ -196,6 +196,9 @@ static int iterate(px_loop *loop, int timeout_ms)
 	loop->in_cb_window = false;
 	if (loop->etlen > 0 && loop->ran_cb)
 		pxi_io_et_check(loop);
+#ifdef PX_INVARIANTS
+	pxi_loop_check(loop, true);
+#endif
 	return 0;
 }
 

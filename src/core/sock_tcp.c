@@ -1,6 +1,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <stdbool.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -144,16 +145,21 @@ int px_connect_tcp(const char *host, uint16_t port, int timeout_ms)
 	uint64_t deadline = timeout_ms < 0 ? UINT64_MAX
 	                                   : mono_ns() + (uint64_t)timeout_ms * 1000000u;
 	rc = -ENOENT;
+	bool tried = false;
 	for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
 		if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
 			continue;
 		int left_ms = -1;
 		if (deadline != UINT64_MAX) {
 			uint64_t now = mono_ns();
-			if (now >= deadline) {
+			/* The first address is always tried, as px_connect_timeout
+			 * tries with 0 ms: a loopback connect completes at once. */
+			if (now >= deadline && tried) {
 				rc = -ETIMEDOUT;
 				break;
 			}
+			if (now > deadline)
+				now = deadline;
 			uint64_t left = deadline - now;
 			uint64_t ms = left / 1000000u + (left % 1000000u != 0);
 			left_ms = ms > INT32_MAX ? INT32_MAX : (int)ms;
@@ -163,6 +169,7 @@ int px_connect_tcp(const char *host, uint16_t port, int timeout_ms)
 			rc = -errno;
 			continue;
 		}
+		tried = true;
 		rc = px_connect_timeout(fd, ai->ai_addr, ai->ai_addrlen, left_ms);
 		if (rc == 0) {
 			freeaddrinfo(res);

@@ -1,6 +1,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 
 #include "core.h"
@@ -84,20 +85,13 @@ static void heap_down(px_loop *loop, uint32_t i)
 	heap_set(loop, i, n);
 }
 
-static int heap_push(px_loop *loop, uint32_t slot)
+/* The caller has reserved room (heapcap >= ntimers). */
+static void heap_push(px_loop *loop, uint32_t slot)
 {
-	if (loop->heaplen == loop->heapcap) {
-		int cap = loop->heapcap ? loop->heapcap * 2 : 16;
-		struct pxi_heap_node *h = realloc(loop->heap, (size_t)cap * sizeof(*h));
-		if (!h)
-			return -ENOMEM;
-		loop->heap = h;
-		loop->heapcap = cap;
-	}
+	PXI_ASSERT(loop->heaplen < loop->heapcap);
 	uint32_t i = (uint32_t)loop->heaplen++;
 	loop->heap[i] = (struct pxi_heap_node){ loop->slots[slot].due, loop->slots[slot].seq, slot };
 	heap_up(loop, i);
-	return 0;
 }
 
 static void heap_remove(px_loop *loop, uint32_t i)
@@ -165,6 +159,39 @@ static struct pxi_timer_slot *slot_of(px_loop *loop, int64_t id, uint32_t *slot)
 	return s;
 }
 
+/* Room for every timer, fired or pending, in the heap and in the list of
+ * timers being fired: re-pushing a repeating timer after it fired, and
+ * collecting the due ones, then never allocate (earlier callbacks of the same
+ * round may have added timers meanwhile). */
+static int reserve(px_loop *loop, uint32_t n)
+{
+	if ((uint32_t)loop->heapcap < n) {
+		uint32_t cap = loop->heapcap ? (uint32_t)loop->heapcap : 16;
+		while (cap < n)
+			cap *= 2;
+		if (cap > INT_MAX)
+			return -ENOMEM;
+		struct pxi_heap_node *h = realloc(loop->heap, (size_t)cap * sizeof(*h));
+		if (!h)
+			return -ENOMEM;
+		loop->heap = h;
+		loop->heapcap = (int)cap;
+	}
+	if ((uint32_t)loop->duecap < n) {
+		uint32_t cap = loop->duecap ? (uint32_t)loop->duecap : 16;
+		while (cap < n)
+			cap *= 2;
+		if (cap > INT_MAX)
+			return -ENOMEM;
+		int64_t *d = realloc(loop->due, (size_t)cap * sizeof(*d));
+		if (!d)
+			return -ENOMEM;
+		loop->due = d;
+		loop->duecap = (int)cap;
+	}
+	return 0;
+}
+
 int64_t px_timer_add(px_loop *loop, uint64_t after_ms, uint64_t repeat_ms, px_timer_cb *cb,
                      void *arg)
 {
@@ -173,6 +200,8 @@ int64_t px_timer_add(px_loop *loop, uint64_t after_ms, uint64_t repeat_ms, px_ti
 
 	if (!loop || !cb)
 		return -EINVAL;
+	if ((rc = reserve(loop, loop->ntimers + 1)) < 0)
+		return rc;
 	rc = slot_alloc(loop, &slot);
 	if (rc < 0)
 		return rc;
@@ -184,11 +213,7 @@ int64_t px_timer_add(px_loop *loop, uint64_t after_ms, uint64_t repeat_ms, px_ti
 	s->cb = cb;
 	s->arg = arg;
 	loop->ntimers++;
-	rc = heap_push(loop, slot);
-	if (rc < 0) {
-		slot_free(loop, slot);
-		return rc;
-	}
+	heap_push(loop, slot);
 	return (int64_t)((uint64_t)s->gen << 32 | slot);
 }
 
@@ -215,20 +240,6 @@ uint64_t pxi_timers_next(px_loop *loop)
 	return due <= loop->now_ns ? 0 : due - loop->now_ns;
 }
 
-static int due_push(px_loop *loop, int64_t id)
-{
-	if (loop->duelen == loop->duecap) {
-		int cap = loop->duecap ? loop->duecap * 2 : 16;
-		int64_t *d = realloc(loop->due, (size_t)cap * sizeof(*d));
-		if (!d)
-			return -ENOMEM;
-		loop->due = d;
-		loop->duecap = cap;
-	}
-	loop->due[loop->duelen++] = id;
-	return 0;
-}
-
 /* Collect every timer due now before running any, so that timers added or
  * re-armed by these callbacks wait for the next iteration. */
 void pxi_timers_run(px_loop *loop)
@@ -238,8 +249,8 @@ void pxi_timers_run(px_loop *loop)
 	loop->duelen = 0;
 	while (loop->heaplen > 0 && loop->heap[0].due <= now) {
 		uint32_t slot = loop->heap[0].slot;
-		if (due_push(loop, (int64_t)((uint64_t)loop->slots[slot].gen << 32 | slot)) < 0)
-			break; /* the rest stay in the heap for the next iteration */
+		PXI_ASSERT(loop->duelen < loop->duecap); /* reserve() */
+		loop->due[loop->duelen++] = (int64_t)((uint64_t)loop->slots[slot].gen << 32 | slot);
 		heap_remove(loop, 0);
 	}
 
@@ -262,8 +273,7 @@ void pxi_timers_run(px_loop *loop)
 				next = s->due + k * s->repeat_ns;
 			}
 			s->due = next;
-			/* Cannot fail: the heap had room for this node a moment ago. */
-			(void)heap_push(loop, slot);
+			heap_push(loop, slot); /* reserve() kept room for it */
 		} else {
 			slot_free(loop, slot);
 		}
@@ -287,3 +297,27 @@ void pxi_timers_free(px_loop *loop)
 	loop->freeslot = UINT32_MAX;
 	loop->ntimers = 0;
 }
+
+#ifdef PX_INVARIANTS
+void pxi_timers_check(px_loop *loop)
+{
+	uint32_t live = 0;
+
+	PXI_ASSERT(loop->heaplen >= 0 && (uint32_t)loop->heaplen <= loop->ntimers);
+	PXI_ASSERT(loop->ntimers <= (uint32_t)loop->heapcap);
+	PXI_ASSERT(loop->ntimers <= (uint32_t)loop->duecap || loop->ntimers == 0);
+	PXI_ASSERT(loop->nslots <= loop->slotcap);
+	for (int i = 0; i < loop->heaplen; i++) {
+		const struct pxi_heap_node *n = &loop->heap[i];
+		PXI_ASSERT(n->slot < loop->nslots);
+		const struct pxi_timer_slot *s = &loop->slots[n->slot];
+		PXI_ASSERT(s->cb && s->heap == (uint32_t)i && s->due == n->due && s->seq == n->seq);
+		if (i > 0)
+			PXI_ASSERT(!node_less(n, &loop->heap[(i - 1) / 2]));
+	}
+	for (uint32_t i = 0; i < loop->nslots; i++)
+		if (loop->slots[i].cb)
+			live++;
+	PXI_ASSERT(live == loop->ntimers);
+}
+#endif
