@@ -27,9 +27,10 @@ cfg="$dir/cfg/config.h"
 	[ -e /usr/include/sys/epoll.h ] && echo '#define HAVE_EPOLL 1'
 	[ -e /usr/include/poll.h ] && echo '#define HAVE_POLL 1'
 	echo '#define HAVE_ACCEPT4 1'
+	echo '#define PX_INVARIANTS 1' # the loop's invariants, checked after every iteration
 } > "$cfg"
 
-srcs="$lib/src/core/loop.c $lib/src/core/io.c $lib/src/core/timer.c $lib/src/core/clock.c"
+srcs="$lib/src/core/loop.c $lib/src/core/io.c $lib/src/core/timer.c $lib/src/core/clock.c $lib/src/core/check.c"
 for b in select poll epoll; do
 	if [ -f "$lib/src/backend/$b.c" ]; then srcs="$srcs $lib/src/backend/$b.c"; fi
 done
