@@ -57,18 +57,40 @@ static unsigned want_kev(const px_loop *loop, const struct pxi_watch *w)
 	return k;
 }
 
+/* Room for n more entries. */
+static int vec_reserve(int **v, int len, int *cap, int n)
+{
+	if (n <= *cap - len)
+		return 0;
+	size_t ncap = *cap ? (size_t)*cap : 32;
+	while (ncap < (size_t)len + (size_t)n)
+		ncap *= 2;
+	if (ncap > INT_MAX)
+		return -ENOMEM;
+	int *nv = realloc(*v, ncap * sizeof(**v));
+	if (!nv)
+		return -ENOMEM;
+	*v = nv;
+	*cap = (int)ncap;
+	return 0;
+}
+
 static int vec_push(int **v, int *len, int *cap, int x)
 {
-	if (*len == *cap) {
-		int ncap = *cap ? *cap * 2 : 32;
-		int *nv = realloc(*v, (size_t)ncap * sizeof(**v));
-		if (!nv)
-			return -ENOMEM;
-		*v = nv;
-		*cap = ncap;
-	}
+	int rc = vec_reserve(v, *len, cap, 1);
+
+	if (rc < 0)
+		return rc;
 	(*v)[(*len)++] = x;
 	return 0;
+}
+
+/* Records a change the kernel refused, for PX_ERR after the next wait; the
+ * caller has reserved room. */
+static void failed_push(px_loop *loop, int fd)
+{
+	PXI_ASSERT(loop->failedlen < loop->failedcap);
+	loop->failed[loop->failedlen++] = fd;
 }
 
 /* Stores a token from the backend as fd's kernel state. */
@@ -374,9 +396,9 @@ void pxi_io_free_all(px_loop *loop)
  * refuses is reported like a refused change. */
 static int backend_rebuild(px_loop *loop, int skip)
 {
-	int rc = loop->be->reset(loop->bst);
+	int rc = vec_reserve(&loop->failed, loop->failedlen, &loop->failedcap, loop->nwatch);
 
-	if (rc < 0)
+	if (rc < 0 || (rc = loop->be->reset(loop->bst)) < 0)
 		return rc;
 	loop->rebuild = false;
 	loop->nkernel = 0;
@@ -389,20 +411,20 @@ static int backend_rebuild(px_loop *loop, int skip)
 	}
 	for (int fd = 0; fd < loop->wcap; fd++) {
 		struct pxi_watch *w = &loop->w[fd];
-		if (w->cb && fd != skip && kernel_apply(loop, fd) < 0 &&
-		    vec_push(&loop->failed, &loop->failedlen, &loop->failedcap, fd) < 0)
-			w->events &= (uint8_t)~PX_RW;
+		if (w->cb && fd != skip && kernel_apply(loop, fd) < 0)
+			failed_push(loop, fd);
 	}
 	return 0;
 }
 
 int pxi_io_prepare(px_loop *loop)
 {
-	if (loop->rebuild) {
-		int rc = backend_rebuild(loop, -1);
-		if (rc < 0)
-			return rc;
-	}
+	int rc;
+	if (loop->rebuild && (rc = backend_rebuild(loop, -1)) < 0)
+		return rc;
+	/* Room to report every change the kernel may refuse: none is lost. */
+	if ((rc = vec_reserve(&loop->failed, loop->failedlen, &loop->failedcap, loop->chglen)) < 0)
+		return rc;
 	for (int i = 0; i < loop->chglen; i++) {
 		int fd = loop->chg[i];
 		struct pxi_watch *w = &loop->w[fd];
@@ -413,9 +435,8 @@ int pxi_io_prepare(px_loop *loop)
 			w->flags &= (uint16_t)~W_ETSTATE;
 			w->fevents = w->events;
 		}
-		if (kernel_apply(loop, fd) < 0 &&
-		    vec_push(&loop->failed, &loop->failedlen, &loop->failedcap, fd) < 0)
-			w->events &= (uint8_t)~PX_RW; /* cannot even tell: disarm */
+		if (kernel_apply(loop, fd) < 0)
+			failed_push(loop, fd);
 	}
 	loop->chglen = 0;
 
@@ -553,8 +574,10 @@ void pxi_io_dispatch(px_loop *loop, int n)
 		int fd = ev[i].data.fd;
 		/* Backends only report fds this loop put in their set, and the
 		 * table never shrinks; the check costs little and keeps it so. */
-		if ((unsigned)fd >= (unsigned)loop->wcap)
+		if ((unsigned)fd >= (unsigned)loop->wcap) {
+			PXI_ASSERT(!"an event for an fd beyond the table");
 			continue;
+		}
 		struct pxi_watch *w = &loop->w[fd];
 		/* Plain watcher, plain readiness: e is within the armed bits
 		 * (never empty, so fast == 0 always takes the general path). */
