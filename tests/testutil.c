@@ -13,6 +13,7 @@
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -328,4 +329,38 @@ void tu_stop_timer_cb(px_loop *loop, int64_t id, void *arg)
 	if (arg)
 		(*(int *)arg)++;
 	px_loop_stop(loop);
+}
+
+int tu_regfile_at(int num)
+{
+	const char *dir = getenv("TMPDIR");
+	struct stat st;
+	if (!dir || !*dir)
+		dir = "/tmp";
+	int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd < 0) { /* no O_TMPFILE here: a named file, unlinked at once */
+		char path[4096];
+		snprintf(path, sizeof path, "%s/pollux-test-XXXXXX", dir);
+		fd = mkostemp(path, O_CLOEXEC);
+		if (fd < 0)
+			fail_msg("mkostemp %s: %s", path, strerror(errno));
+		unlink(path);
+	}
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+		fail_msg("%s: no regular file for fd %d", dir, fd);
+	if (num >= 0 && fd != num) {
+		if (dup3(fd, num, O_CLOEXEC) != num)
+			fail_msg("dup3 to %d: %s", num, strerror(errno));
+		close(fd);
+		fd = num;
+	}
+	return fd;
+}
+
+int tu_free_fd(int from)
+{
+	int fd = from < 0 ? 0 : from;
+	while (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
+		fd++;
+	return fd;
 }

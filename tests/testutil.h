@@ -112,4 +112,12 @@ void tu_count_timer_cb(px_loop *loop, int64_t id, void *arg);
 /* Timer callback that calls px_loop_stop. */
 void tu_stop_timer_cb(px_loop *loop, int64_t id, void *arg);
 
+/* A regular file (an unlinked temporary file in $TMPDIR or /tmp), open
+ * read-write and close-on-exec, at fd number num (dup3 over whatever is
+ * there), or at the lowest free number when num < 0.  Returns the fd
+ * (asserts). */
+int tu_regfile_at(int num);
+/* The lowest fd number >= from that is not open. */
+int tu_free_fd(int from);
+
 #endif
