@@ -173,6 +173,21 @@ PX_API int px_io_mod(px_loop *loop, int fd, unsigned events);
  * epoll_ctl), while the fd is still open. */
 PX_API int px_io_del(px_loop *loop, int fd);
 
+/* px_io_del(loop, fd) and close(fd) in one call, for the common server that
+ * closes every connection it deletes: on epoll it makes no epoll_ctl, and
+ * lets close() drop the kernel registration, which close() does when this is
+ * the file's last descriptor (no dup of it, no copy inherited by a child that
+ * still holds it, none in flight or kept after SCM_RIGHTS).  When that does
+ * not hold, the registration outlives the number; the library still keeps
+ * its events from every watcher (a registration made later at the number
+ * carries a tag the lost one lacks), and when the lost one reports, it
+ * replaces its kernel set: one epoll_ctl per registered fd.  So the
+ * precondition decides the cost, never the correctness.  select and poll:
+ * exactly px_io_del then close.  Returns 0, the errors of px_io_del (then
+ * nothing is closed), or close's -errno other than -EINTR (the fd is closed
+ * and unregistered anyway). */
+PX_API int px_io_close(px_loop *loop, int fd);
+
 /* ------------------------------------------------------------------------ */
 /* Timers                                                                     */
 /* ------------------------------------------------------------------------ */

@@ -417,6 +417,220 @@ static void test_closed_before_del_copy_alive(void **state)
 	}
 }
 
+/* ---- px_io_close: delete and close, no epoll_ctl ------------------------ */
+
+static bool fd_open(int fd)
+{
+	return fcntl(fd, F_GETFD) >= 0;
+}
+
+static void test_io_close_contract(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	struct tu_rec *r = calloc(1, sizeof *r);
+	int sv[2], n;
+
+	assert_non_null(r);
+	tu_socketpair(sv);
+	assert_int_equal(px_io_close(NULL, sv[0]), -EINVAL);
+	assert_int_equal(px_io_close(loop, -1), -EBADF);
+	assert_int_equal(px_io_close(loop, sv[0]), -ENOENT);
+	assert_true(fd_open(sv[0])); /* nothing closed on error */
+
+	int peer = readable_watcher(loop, &n, r);
+	long ctl0 = fi_calls(FI_EPOLL_CTL);
+	assert_int_equal(px_io_close(loop, n), 0);
+	/* No system call but the close on any backend. */
+	assert_int_equal(fi_calls(FI_EPOLL_CTL), ctl0);
+	assert_false(fd_open(n));
+	assert_int_equal(px_io_del(loop, n), -ENOENT);
+	tu_nowait(loop, 5);
+	assert_int_equal(r->n, 1);
+
+	/* The number is free for a new registration, which works. */
+	int p[2];
+	assert_int_equal(pipe2(p, O_CLOEXEC | O_NONBLOCK), 0);
+	assert_int_equal(p[0], n);
+	assert_int_equal(px_io_add(loop, n, PX_READ, tu_rec_cb, r), 0);
+	tu_nowait(loop, 3);
+	assert_int_equal(r->n, 1);
+	assert_int_equal(write(p[1], "x", 1), 1);
+	tu_nowait(loop, 1);
+	assert_int_equal(r->n, 2);
+	assert_int_equal(r->fd[1], n);
+	assert_int_equal(r->rev[1], PX_READ);
+	assert_int_equal(px_io_close(loop, n), 0);
+	assert_int_equal(px_loop_run(loop, PX_RUN_DEFAULT), 0); /* nothing left */
+
+	px_loop_free(loop);
+	close(p[1]);
+	close(peer);
+	tu_close_pair(sv);
+	free(r);
+}
+
+/* The precondition broken: a copy of the file lives on.  The cost changes
+ * (a rebuilt set), never what watchers see. */
+static void test_io_close_copy_alive(void **state)
+{
+	(void)state;
+
+	for (int hk = 0; hk < HOLD_N; hk++) {
+		px_loop *loop = tu_loop();
+		struct tu_rec *r = calloc(1, sizeof *r), *r2 = calloc(1, sizeof *r2);
+		struct tu_rec *ro = calloc(1, sizeof *ro);
+		struct holder h;
+		int n, other[2], aux = -1;
+
+		assert_non_null(r);
+		assert_non_null(r2);
+		assert_non_null(ro);
+		tu_socketpair(other);
+		assert_int_equal(px_io_add(loop, other[0], PX_READ, tu_rec_cb, ro), 0);
+		int peer = readable_watcher(loop, &n, r);
+		hold_start(&h, (enum hold_kind)hk, n);
+		assert_int_equal(px_io_close(loop, n), 0);
+
+		int nfd = nf_open(NF_PIPE, &aux); /* nothing to read */
+		assert_int_equal(nfd, n);
+		assert_int_equal(px_io_add(loop, n, PX_READ | (hk == HOLD_FORK ? PX_ET : 0u),
+		                           tu_rec_cb, r2), 0);
+		int fired = 0, iters = 0;
+		assert_true(px_timer_add(loop, 30, 0, tu_count_timer_cb, &fired) > 0);
+		while (!fired && iters < 20) {
+			assert_int_equal(px_loop_run(loop, PX_RUN_ONCE), 0);
+			iters++;
+		}
+		assert_int_equal(fired, 1);
+		if (iters > 2)
+			fail_msg("%s: %d iterations before a 30 ms timer: the loop spins on a "
+			         "lost registration", hold_name[hk], iters);
+		assert_int_equal(r->n, 1);
+		assert_int_equal(r2->n, 0);
+		assert_int_equal(ro->n, 0);
+
+		assert_int_equal(write(aux, "x", 1), 1);
+		tu_send1(other[1]);
+		tu_nowait(loop, 1);
+		assert_int_equal(r2->n, 1);
+		assert_int_equal(r2->rev[0], PX_READ);
+		assert_int_equal(ro->n, 1);
+
+		px_loop_free(loop);
+		close(nfd);
+		close(aux);
+		close(peer);
+		tu_close_pair(other);
+		hold_end(&h);
+		free(r);
+		free(r2);
+		free(ro);
+	}
+}
+
+/* One number closed with a copy alive, re-registered, again and again: more
+ * lost registrations at it than a watcher has tags, once between waits and
+ * once from inside a callback while other events of the same wait are still
+ * to be dispatched. */
+#define CHURN 260
+
+struct churn {
+	int n;       /* the churned number */
+	int peer;    /* the peer of the socket at n now */
+	int copies[2 * CHURN];
+	int ncopies;
+	int strays;  /* callbacks for n: its sockets never have data */
+	int left;    /* churns to make from the next callback */
+	int others;  /* callbacks of the other watchers */
+};
+
+static void churn_cb(px_loop *loop, int fd, unsigned revents, void *arg)
+{
+	struct churn *c = arg;
+
+	(void)loop;
+	(void)revents;
+	if (fd == c->n)
+		c->strays++;
+}
+
+/* The socket at n gets a byte (so its registration, lost by the close,
+ * stays ready), a copy that lives on, px_io_close; a new socket takes n. */
+static void churn_once(px_loop *loop, struct churn *c)
+{
+	int sv[2];
+
+	tu_send1(c->peer);
+	close(c->peer);
+	c->copies[c->ncopies] = fcntl(c->n, F_DUPFD_CLOEXEC, 0);
+	assert_true(c->copies[c->ncopies] >= 0);
+	c->ncopies++;
+	assert_int_equal(px_io_close(loop, c->n), 0);
+	tu_socketpair(sv);
+	if (sv[0] != c->n) { /* the number is free: dup3 puts the socket there */
+		assert_int_equal(dup3(sv[0], c->n, O_CLOEXEC), c->n);
+		close(sv[0]);
+	}
+	c->peer = sv[1];
+	assert_int_equal(px_io_add(loop, c->n, PX_READ, churn_cb, c), 0);
+}
+
+static void churn_other_cb(px_loop *loop, int fd, unsigned revents, void *arg)
+{
+	struct churn *c = arg;
+	char b;
+
+	(void)revents;
+	c->others++;
+	assert_int_equal(read(fd, &b, 1), 1);
+	for (; c->left > 0; c->left--)
+		churn_once(loop, c);
+}
+
+static void test_io_close_tags_run_out(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	struct churn *c = calloc(1, sizeof *c);
+	int others[4][2], sv[2];
+
+	assert_non_null(c);
+	for (int i = 0; i < 4; i++) {
+		tu_socketpair(others[i]);
+		assert_int_equal(px_io_add(loop, others[i][0], PX_READ, churn_other_cb, c), 0);
+	}
+	tu_socketpair(sv);
+	c->n = sv[0];
+	c->peer = sv[1];
+	assert_int_equal(px_io_add(loop, c->n, PX_READ, churn_cb, c), 0);
+
+	for (int i = 0; i < CHURN; i++) /* no wait between them */
+		churn_once(loop, c);
+	tu_nowait(loop, 3);
+	assert_int_equal(c->strays, 0);
+
+	/* From the first callback of a wait that reported all four others. */
+	c->left = CHURN;
+	for (int i = 0; i < 4; i++)
+		tu_send1(others[i][1]);
+	tu_nowait(loop, 1);
+	assert_int_equal(c->left, 0);
+	tu_nowait(loop, 3);
+	assert_int_equal(c->strays, 0);
+	/* Each other watcher called once: none lost, none twice. */
+	assert_int_equal(c->others, 4);
+
+	px_loop_free(loop);
+	close(c->n);
+	close(c->peer);
+	for (int i = 0; i < c->ncopies; i++)
+		close(c->copies[i]);
+	for (int i = 0; i < 4; i++)
+		tu_close_pair(others[i]);
+	free(c);
+}
+
 /* ---- 3. -EPERM for a regular file does not depend on the number's past --- */
 
 static void test_regular_file_eperm_any_history(void **state)
@@ -853,6 +1067,9 @@ int main(void)
 		TU_TEST(test_deleted_dup_fd_silent_for_new_file),
 		TU_TEST(test_deleted_dup_fd_no_early_wakeup),
 		TU_TEST(test_closed_before_del_copy_alive),
+		TU_TEST(test_io_close_contract),
+		TU_TEST(test_io_close_copy_alive),
+		TU_TEST(test_io_close_tags_run_out),
 		TU_TEST(test_regular_file_eperm_any_history),
 		TU_TEST(test_repeat_timer_survives_enomem),
 		TU_TEST(test_io_add_closed_fd_ebadf),

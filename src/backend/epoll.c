@@ -19,6 +19,8 @@
  *  - a fired EPOLLONESHOT stays in the set, reporting nothing (not even
  *    EPOLLHUP/EPOLLERR, which epoll otherwise always reports), until MOD;
  *  - ADD of what the kernel holds is EEXIST, MOD of what it does not ENOENT.
+ * Each registration carries the core's tag beside the fd in epoll's data, and
+ * the kernel hands it back with every event.
  */
 
 struct epoll_state {
@@ -78,13 +80,15 @@ static uint32_t ep_mask(unsigned k)
 	return m;
 }
 
-static int ep_del(void *p, int fd, unsigned oldk)
+static int ep_del(void *p, int fd, unsigned oldk, bool closing)
 {
 	struct epoll_state *st = p;
 	struct epoll_event e = { 0 }; /* pre-2.6.9 kernels want one */
 
 	(void)oldk;
 	st->held--;
+	if (closing)
+		return PXK_LOST; /* close() removes it, unless a copy lives */
 	if (epoll_ctl(st->epfd, EPOLL_CTL_DEL, fd, &e) == 0)
 		return 0;
 	/* EBADF: closed first; ENOENT: the number names another file now.
@@ -93,17 +97,18 @@ static int ep_del(void *p, int fd, unsigned oldk)
 	return PXK_LOST;
 }
 
-static int ep_ctl(void *p, int fd, unsigned oldk, unsigned newk)
+static int ep_ctl(void *p, int fd, unsigned oldk, unsigned newk, unsigned tag)
 {
 	struct epoll_state *st = p;
-	struct epoll_event e = { .events = ep_mask(newk), .data.fd = fd };
+	struct epoll_event e;
 
+	pxi_event_set(&e, ep_mask(newk), fd, tag);
 	if (!newk) {
 		/* Kept when the kernel has disarmed it already: re-arming is
 		 * then one MOD.  Anything else could still report hang-ups. */
 		if ((oldk & (PX_ONESHOT | PXK_FIRED)) == (PX_ONESHOT | PXK_FIRED))
 			return (int)oldk;
-		return ep_del(p, fd, oldk);
+		return ep_del(p, fd, oldk, false);
 	}
 	int op = oldk ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
 	if (epoll_ctl(st->epfd, op, fd, &e) < 0) {

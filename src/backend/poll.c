@@ -69,23 +69,25 @@ static int pl_grow(struct poll_state *st, int fd)
 	return 0;
 }
 
-static int pl_del(void *p, int fd, unsigned oldk)
+static int pl_del(void *p, int fd, unsigned oldk, bool closing)
 {
 	struct poll_state *st = p;
 	int i = st->idx[fd];
 
 	(void)oldk;
+	(void)closing;
 	st->pfd[i] = st->pfd[--st->n];
 	st->idx[st->pfd[i].fd] = i;
 	return 0;
 }
 
-static int pl_ctl(void *p, int fd, unsigned oldk, unsigned newk)
+static int pl_ctl(void *p, int fd, unsigned oldk, unsigned newk, unsigned tag)
 {
 	struct poll_state *st = p;
 
+	(void)tag; /* nothing outlives its number here */
 	if (!newk)
-		return pl_del(p, fd, oldk); /* poll would still report hang-ups */
+		return pl_del(p, fd, oldk, false); /* poll would still report hang-ups */
 	if (oldk) {
 		st->pfd[st->idx[fd]].events = pl_mask(newk);
 		return (int)newk;

@@ -89,10 +89,11 @@ static void sel_fix_max(struct select_state *st)
 		st->maxfd--;
 }
 
-static int sel_ctl(void *p, int fd, unsigned oldk, unsigned newk)
+static int sel_ctl(void *p, int fd, unsigned oldk, unsigned newk, unsigned tag)
 {
 	struct select_state *st = p;
 
+	(void)tag; /* nothing outlives its number here */
 	/* select() checks nothing until it waits (then EBADF for the whole
 	 * set): say now, as epoll_ctl does, that the fd is not open. */
 	if (!oldk && newk && fcntl(fd, F_GETFD) < 0)
@@ -113,9 +114,10 @@ static int sel_ctl(void *p, int fd, unsigned oldk, unsigned newk)
 	return (int)newk;
 }
 
-static int sel_del(void *p, int fd, unsigned oldk)
+static int sel_del(void *p, int fd, unsigned oldk, bool closing)
 {
-	return sel_ctl(p, fd, oldk, 0);
+	(void)closing;
+	return sel_ctl(p, fd, oldk, 0, 0);
 }
 
 static int sel_count(void *p)

@@ -5,6 +5,8 @@
 #define PX_BACKEND_H
 
 #include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
 
 /* Kernel masks passed to ctl: PX_READ | PX_WRITE, plus PX_ET / PX_ONESHOT only
  * for backends that do them in the kernel (kmodes).  0 means "no interest".
@@ -49,6 +51,25 @@ typedef struct {
 } pxi_event;
 #endif
 
+/* The event's registration tag: the 4 bytes of the data union after the fd. */
+_Static_assert(sizeof(((pxi_event *)0)->data) >= sizeof(int) + sizeof(uint32_t),
+               "room for a tag beside the fd");
+static inline uint32_t pxi_event_tag(const pxi_event *e)
+{
+	uint32_t tag;
+
+	memcpy(&tag, (const char *)&e->data + sizeof(int), sizeof(tag));
+	return tag;
+}
+
+static inline void pxi_event_set(pxi_event *e, uint32_t events, int fd, uint32_t tag)
+{
+	memset(&e->data, 0, sizeof(e->data));
+	e->events = events;
+	e->data.fd = fd;
+	memcpy((char *)&e->data + sizeof(int), &tag, sizeof(tag));
+}
+
 struct pxi_backend {
 	const char *name;
 	unsigned kmodes; /* PX_ET | PX_ONESHOT done by the kernel */
@@ -67,10 +88,16 @@ struct pxi_backend {
 	 * held) to newk (0: none; the backend may keep a registration that
 	 * reports nothing).  Returns the new token (>= 0; PXK_LOST possible
 	 * when newk is 0) or -errno, and then the kernel's view is unchanged.
-	 * Adding (oldk 0) an fd that is not open is -EBADF on every backend. */
-	int (*ctl)(void *st, int fd, unsigned oldk, unsigned newk);
-	/* Removes fd's registration (oldk != 0) for good: 0 or PXK_LOST. */
-	int (*del)(void *st, int fd, unsigned oldk);
+	 * Adding (oldk 0) an fd that is not open is -EBADF on every backend.
+	 * Persistent backends return tag with every event of the registration
+	 * (pxi_event_tag), so that the core can tell it from a lost one at the
+	 * same number; the others ignore it. */
+	int (*ctl)(void *st, int fd, unsigned oldk, unsigned newk, unsigned tag);
+	/* Removes fd's registration (oldk != 0) for good: 0 or PXK_LOST.
+	 * closing: the caller closes fd right after, and a backend whose
+	 * kernel drops the registration with the file's last descriptor may
+	 * leave it to close() (then PXK_LOST: it is lost if a copy lives). */
+	int (*del)(void *st, int fd, unsigned oldk, bool closing);
 	/* Persistent sets only (else NULL): replace the kernel set by an empty
 	 * one; 0 or -errno, and then the old set is kept. */
 	int (*reset)(void *st);

@@ -46,11 +46,15 @@ void pxi_loop_check(px_loop *loop, bool between)
 			nkernel++;
 		/* A deleted watcher left the kernel at once. */
 		PXI_ASSERT(w->cb || (!w->kev && !w->events && !w->lib && !w->fast));
-		PXI_ASSERT(!(w->flags & W_ORPHAN) || !w->kev);
+		/* A registration where a lost one may report is tagged; only
+		 * persistent sets lose registrations. */
+		PXI_ASSERT(!(w->flags & W_ORPHAN) || !w->kev || w->tag);
+		PXI_ASSERT(loop->be->persistent || (!w->tag && !(w->flags & W_ORPHAN)));
 		PXI_ASSERT(!(w->kev & PXK_LOST));
 		PXI_ASSERT(!(w->events & ~PX_MASK) && !(w->lib & ~PX_WRITE));
 		/* The fast path only for registrations the kernel holds. */
-		PXI_ASSERT(!w->fast || (w->cb && w->kev && !w->lib && !(w->kev & PX_ONESHOT)));
+		PXI_ASSERT(!w->fast ||
+		           (w->cb && w->kev && !w->tag && !w->lib && !(w->kev & PX_ONESHOT)));
 		if (between)
 			PXI_ASSERT(!(w->flags & W_FRESH));
 		if (!(loop->be->kmodes & PX_ONESHOT))

@@ -31,8 +31,9 @@ struct pxi_sendq; /* defined by src/core/send.c */
 #define W_FRESH   0x020u /* registered after this iteration's wait: no stale events */
 #define W_OWNED   0x040u /* arg is a struct pxi_owner */
 #define W_DIRTY   0x080u /* on loop->chg: the kernel's view is synced before the wait */
-#define W_ORPHAN  0x100u /* a registration at this number was lost (PXK_LOST):
-                          * the kernel may still report under it */
+#define W_ORPHAN  0x100u /* the kernel may hold a lost registration under this
+                          * number (PXK_LOST, px_io_close): new ones here
+                          * are tagged, until the set is rebuilt */
 #define W_EOFSEEN 0x200u /* ET emulation: a check found the read side at end of file */
 #define W_EOFTOLD 0x400u /* ... and a callback has run since, so the reader saw it */
 /* Everything the ET emulation knows; forgotten when the mask changes. */
@@ -51,7 +52,11 @@ struct pxi_watch {
 	                  * only when the mask really changed across a wait */
 	uint8_t fast; /* the armed directions as PXR_IN|PXR_OUT when dispatch
 	               * needs nothing but the callback (see io.c), else 0 */
+	uint8_t tag;  /* the kernel registration's tag (0: none); see W_ORPHAN */
 };
+
+/* The table is indexed by fd and every watcher pays for its slack. */
+_Static_assert(sizeof(struct pxi_watch) <= 3 * sizeof(void *), "a watcher stays small");
 
 struct pxi_timer_slot; /* timer.c */
 struct pxi_heap_node;  /* timer.c */

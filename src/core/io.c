@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <unistd.h>
 
 #include "core.h"
 
@@ -28,7 +29,7 @@ static bool emulates_et(const px_loop *loop, const struct pxi_watch *w)
  * callback: its armed directions are cached in w->fast for the hot path. */
 static void fast_update(const px_loop *loop, struct pxi_watch *w)
 {
-	bool plain = w->cb && w->kev && !(w->flags & W_FRESH) && !w->lib &&
+	bool plain = w->cb && w->kev && !w->tag && !(w->flags & W_FRESH) && !w->lib &&
 	             !(w->events & PX_ONESHOT) && !(w->kev & PX_ONESHOT) && !emulates_et(loop, w);
 	/* Kept in the kernel's bits, so that one test tells whether a result
 	 * is entirely plain readiness the watcher asked for. */
@@ -123,12 +124,16 @@ static int kernel_apply(px_loop *loop, int fd)
 	if (k == w->kev)
 		return 0;
 	if (!w->kev && k && (w->flags & W_ORPHAN)) {
-		/* A lost registration may report under this number: it would
-		 * pass for the new one.  Only a new kernel set gets rid of it. */
-		if ((rc = backend_rebuild(loop, fd)) < 0)
+		/* A lost registration may report under this number: the new
+		 * one gets a tag that no registration here has had since the
+		 * set was last rebuilt, and dispatch tells them apart.  When
+		 * the tags run out, a new set gets rid of the lost ones. */
+		if (w->tag < UINT8_MAX)
+			w->tag++;
+		else if ((rc = backend_rebuild(loop, fd)) < 0)
 			return rc;
 	}
-	rc = loop->be->ctl(loop->bst, fd, w->kev, k);
+	rc = loop->be->ctl(loop->bst, fd, w->kev, k, w->tag);
 	if (rc < 0)
 		return rc;
 	kev_set(loop, fd, rc);
@@ -212,7 +217,7 @@ static int io_add(px_loop *loop, int fd, unsigned events, px_io_cb *cb, void *ar
 	/* A deleted watcher may still be on the change list, and its number
 	 * may name a lost registration. */
 	uint16_t keep = w->flags & (W_DIRTY | W_ORPHAN);
-	PXI_ASSERT(w->kev == 0);
+	PXI_ASSERT(w->kev == 0 && !w->cb);
 	w->cb = cb;
 	w->arg = arg;
 	w->events = w->fevents = (uint8_t)events;
@@ -220,10 +225,10 @@ static int io_add(px_loop *loop, int fd, unsigned events, px_io_cb *cb, void *ar
 	w->flags = (uint16_t)(flags | keep | (loop->in_cb_window ? W_FRESH : 0));
 	rc = io_sync(loop, fd);
 	if (rc < 0) {
-		w->cb = NULL;
-		w->arg = NULL;
-		w->flags = w->flags & (W_DIRTY | W_ORPHAN);
-		w->events = w->fevents = 0;
+		uint8_t tag = w->tag;
+		memset(w, 0, sizeof(*w));
+		w->flags = keep;
+		w->tag = tag;
 		return rc;
 	}
 	fast_update(loop, w);
@@ -326,25 +331,34 @@ int pxi_io_lib_write(px_loop *loop, int fd, bool on)
 	return rc;
 }
 
-/* Drops the registration; the caller has checked it exists.  The kernel's
- * registration is removed now, while the fd is open: after a close, one kept
- * alive by another copy of the file could not be named any more.
- * px_loop_free does not remove it (a child after fork must not touch the
- * parent's epoll set; the set dies with the loop). */
-static void io_drop(px_loop *loop, int fd, bool kernel)
+enum drop { DROP_DEL, DROP_CLOSE, DROP_FREE };
+
+/* Drops the registration; the caller has checked it exists.
+ *  DROP_DEL: the kernel's registration is removed now, while the fd is open:
+ *    after a close, one kept alive by another copy of the file could not be
+ *    named any more.
+ *  DROP_CLOSE: the caller closes the fd next (px_io_close), which drops an
+ *    epoll registration for free when no other copy of the file is open.
+ *    If one is, the registration is lost: the number is marked (W_ORPHAN) so
+ *    that the next registration there is tagged.
+ *  DROP_FREE: px_loop_free leaves the kernel alone (a child after fork must
+ *    not touch the parent's epoll set; the set dies with the loop). */
+static void io_drop(px_loop *loop, int fd, enum drop how)
 {
 	struct pxi_watch *w = &loop->w[fd];
 	struct pxi_sendq *sq = pxi_io_sendq(loop, fd);
 	struct pxi_owner *owner = (w->flags & W_OWNED) ? w->arg : NULL;
-	uint8_t kev = w->kev;
+	uint8_t kev = w->kev, tag = w->tag;
 	uint16_t keep = w->flags & (W_DIRTY | W_ORPHAN);
 
 	memset(w, 0, sizeof(*w));
 	w->flags = keep;
+	w->tag = tag;
 	loop->nwatch--;
 	if (kev) {
 		loop->nkernel--;
-		if (kernel && (loop->be->del(loop->bst, fd, kev) & PXK_LOST))
+		if (how != DROP_FREE &&
+		    (loop->be->del(loop->bst, fd, kev, how == DROP_CLOSE) & PXK_LOST))
 			w->flags |= W_ORPHAN;
 	}
 	if (sq) {
@@ -363,15 +377,28 @@ int px_io_del(px_loop *loop, int fd)
 		return -EBADF;
 	if (!pxi_io_get(loop, fd))
 		return -ENOENT;
-	io_drop(loop, fd, true);
+	io_drop(loop, fd, DROP_DEL);
 	return 0;
+}
+
+int px_io_close(px_loop *loop, int fd)
+{
+	if (!loop)
+		return -EINVAL;
+	if (fd < 0)
+		return -EBADF;
+	if (!pxi_io_get(loop, fd))
+		return -ENOENT;
+	io_drop(loop, fd, DROP_CLOSE);
+	/* Linux closes the fd even when close() is interrupted. */
+	return close(fd) < 0 && errno != EINTR ? -errno : 0;
 }
 
 void pxi_io_free_all(px_loop *loop)
 {
 	for (int fd = 0; fd < loop->wcap && loop->nwatch > 0; fd++)
 		if (loop->w[fd].cb)
-			io_drop(loop, fd, false);
+			io_drop(loop, fd, DROP_FREE);
 	free(loop->w);
 	free(loop->sq);
 	free(loop->ev);
@@ -398,14 +425,26 @@ static int backend_rebuild(px_loop *loop, int skip)
 {
 	int rc = vec_reserve(&loop->failed, loop->failedlen, &loop->failedcap, loop->nwatch);
 
-	if (rc < 0 || (rc = loop->be->reset(loop->bst)) < 0)
+	if (rc < 0 || (loop->in_cb_window &&
+	               (rc = vec_reserve(&loop->fresh, loop->freshlen, &loop->freshcap,
+	                                 loop->nwatch)) < 0))
+		return rc;
+	if ((rc = loop->be->reset(loop->bst)) < 0)
 		return rc;
 	loop->rebuild = false;
 	loop->nkernel = 0;
 	for (int fd = 0; fd < loop->wcap; fd++) {
 		struct pxi_watch *w = &loop->w[fd];
 		w->kev = 0;
+		w->tag = 0;
 		w->flags &= (uint16_t)~W_ORPHAN;
+		/* Every registration is new: what the iteration collected from
+		 * the old set is stale (the kernel reports current readiness to
+		 * a new registration, edge-triggered ones too). */
+		if (w->cb && loop->in_cb_window && !(w->flags & W_FRESH)) {
+			w->flags |= W_FRESH;
+			loop->fresh[loop->freshlen++] = fd;
+		}
 		if (w->cb)
 			fast_update(loop, w);
 	}
@@ -471,10 +510,8 @@ int pxi_io_add_failed(px_loop *loop, int n)
 		int fd = loop->failed[i], j;
 		for (j = 0; j < n && loop->ev[j].data.fd != fd; j++)
 			;
-		if (j == n) {
-			loop->ev[n].events = 0;
-			loop->ev[n++].data.fd = fd;
-		}
+		if (j == n)
+			pxi_event_set(&loop->ev[n++], 0, fd, loop->w[fd].tag);
 		loop->ev[j].events |= PXR_NVAL;
 	}
 	loop->failedlen = 0;
@@ -513,8 +550,10 @@ static void disarm_after(px_loop *loop, int fd, bool nval, unsigned out)
 
 /* Everything but the plain case: stale and stray events, hang-ups and
  * errors, one-shots, ET emulation, the library's own write interest. */
-static void dispatch_slow(px_loop *loop, int fd, uint32_t e)
+static void dispatch_slow(px_loop *loop, const pxi_event *ev)
 {
+	uint32_t e = ev->events;
+	int fd = ev->data.fd;
 	struct pxi_watch *w = &loop->w[fd];
 
 	if (!w->kev) {
@@ -523,6 +562,12 @@ static void dispatch_slow(px_loop *loop, int fd, uint32_t e)
 		 * registration (PXK_LOST), which only a new set removes. */
 		if (w->flags & W_ORPHAN)
 			loop->rebuild = true;
+		return;
+	}
+	if (w->tag && pxi_event_tag(ev) != w->tag) {
+		/* The lost registration at this number (W_ORPHAN) reported:
+		 * only a new set gets rid of it. */
+		loop->rebuild = true;
 		return;
 	}
 	if (w->flags & W_FRESH)
@@ -585,7 +630,7 @@ void pxi_io_dispatch(px_loop *loop, int n)
 			w->cb(loop, fd, rw_of[e & 7], w->arg);
 			continue;
 		}
-		dispatch_slow(loop, fd, e);
+		dispatch_slow(loop, &ev[i]);
 	}
 	loop->depth--;
 	for (int i = 0; i < loop->freshlen; i++) {
