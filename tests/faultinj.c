@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #endif
 #include "faultinj.h"
+#include "allocinj.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -408,52 +409,17 @@ ssize_t writev(int fd, const struct iovec *iov, int iovcnt)
 	return real_writev(fd, iov, iovcnt);
 }
 
-/* realloc: the next definition (libc's, or a sanitizer's interceptor, whose
- * allocations libc's realloc must not see).  dlsym may allocate: while it
- * runs, glibc's own implementation (exported as __libc_realloc) is used. */
-extern void *__libc_realloc(void *p, size_t n);
-typedef void *realloc_fn(void *, size_t);
+/* realloc is defined by allocinj.c (the one interposer of the allocator
+ * functions); it asks here, for every call, whether the FI_REALLOC plan
+ * fails it. */
+bool fi_realloc_fault(size_t n)
+{
+	struct fi_args a = { FI_REALLOC, -1, 0, 0, n };
 
-static bool realloc_probe;
+	return decide(&a) != 0;
+}
 
 bool fi_realloc_active(void)
 {
-	void *(*volatile re)(void *, size_t) = realloc;
-	void *p = malloc(16);
-	if (!p)
-		return false;
-	realloc_probe = true;
-	void *q = re(p, 4096);
-	bool active = !realloc_probe && q == NULL;
-	realloc_probe = false;
-	free(q ? q : p);
-	return active;
-}
-
-void *realloc(void *p, size_t n)
-{
-	static realloc_fn *real_realloc;
-
-	if (realloc_probe) {
-		realloc_probe = false;
-		errno = ENOMEM;
-		return NULL;
-	}
-	static bool resolving;
-
-	if (!real_realloc) {
-		if (resolving)
-			return __libc_realloc(p, n);
-		resolving = true;
-		real_realloc = (realloc_fn *)dlsym(RTLD_NEXT, "realloc");
-		resolving = false;
-		if (!real_realloc)
-			abort();
-	}
-	struct fi_args a = { FI_REALLOC, -1, 0, 0, n };
-	if (decide(&a)) {
-		errno = ENOMEM;
-		return NULL;
-	}
-	return real_realloc(p, n);
+	return ai_active();
 }

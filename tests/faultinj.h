@@ -1,7 +1,9 @@
 /* faultinj: a syscall fault injector for the pollux test programs.
  *
  * faultinj.c defines epoll_wait, epoll_ctl, poll (and __poll_chk), select,
- * accept4, accept, sendmsg, send, writev and realloc in the test executable.
+ * accept4, accept, sendmsg, send and writev in the test executable; realloc
+ * is interposed by allocinj.c (link both), which applies the FI_REALLOC plan
+ * through fi_realloc_fault.
  * The executable's definitions take precedence over libc's for every object
  * of the process, libpollux.so included (it calls them through its PLT), and
  * the same holds when libpollux is linked statically into the test.  Each
@@ -67,6 +69,8 @@ long fi_left(enum fi_call c);
 /* Whether realloc is really interposed (false under valgrind, which
  * replaces the executable's allocator functions with its own). */
 bool fi_realloc_active(void);
+/* For allocinj.c's realloc: whether the FI_REALLOC plan fails this call. */
+bool fi_realloc_fault(size_t n);
 
 /* Ready-made predicates. */
 bool fi_pred_fd(const struct fi_args *a, void *arg);       /* a->fd == *(int *)arg */
