@@ -159,7 +159,15 @@ PX_API int px_io_add(px_loop *loop, int fd, unsigned events, px_io_cb *cb, void 
  * resets PX_ET emulation state.  An unchanged mask is a no-op on every
  * backend (no system call, nothing re-reported).  Errors: -EINVAL, -EBADF negative fd,
  * -ENOENT not registered, -EPERM/-ENOMEM/... from epoll_ctl (the old mask
- * stays in force then). */
+ * stays in force then).
+ * A change to a registration the kernel already holds is made by one flush
+ * before the next wait (a change undone in the same iteration costs
+ * nothing).  If the kernel refuses it there, the watcher gets one callback
+ * with PX_ERR and its armed directions, and is disarmed (px_io_mod re-arms
+ * it); if it fails for lack of memory (ENOMEM), the change is retried at each
+ * later flush and the old mask stays in force meanwhile.  The changes the
+ * library makes by itself (PX_ET emulation, px_send's write interest,
+ * re-arming a one-shot) follow the same rule. */
 PX_API int px_io_mod(px_loop *loop, int fd, unsigned events);
 
 /* Unregisters fd; discards its send queue; cancels a pending px_connect on it

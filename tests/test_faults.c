@@ -524,6 +524,40 @@ static void mod_fails_user_space(px_loop *loop)
 	}
 }
 
+/* ENOMEM at the flush is no refusal: memory may be back at the next flush,
+ * so the change waits for it (the kernel keeps the old mask meanwhile), and
+ * the watcher hears nothing of it.  (poll/select: a change to what the set
+ * holds allocates nothing.) */
+static void test_ctl_enomem_at_flush_retried(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	if (!tu_is(loop, "epoll")) {
+		px_loop_free(loop);
+		print_message("n/a on %s: changing what its set holds allocates nothing\n",
+		              backend_name());
+		skip();
+	}
+	int a[2];
+	struct reader ra = {0};
+	tu_socketpair(a);
+	assert_int_equal(px_io_add(loop, a[0], PX_READ, reader_cb, &ra), 0);
+	tu_nowait(loop, 1);
+	long ctl0 = fi_calls(FI_EPOLL_CTL);
+	fi_plan_ex(FI_EPOLL_CTL, 0, 2, ENOMEM, fi_pred_op, &op_mod, 0);
+	assert_int_equal(px_io_mod(loop, a[0], PX_WRITE), 0);
+	tu_nowait(loop, 2); /* two flushes, two failed MODs: nothing reported */
+	assert_int_equal(fi_faults(FI_EPOLL_CTL), 2);
+	assert_int_equal(ra.n, 0);
+	tu_nowait(loop, 1); /* the third flush makes it */
+	assert_int_equal(fi_calls(FI_EPOLL_CTL) - ctl0, 3);
+	assert_int_equal(ra.n, 1);
+	assert_int_equal(ra.rev, PX_WRITE);
+	assert_int_equal(px_io_del(loop, a[0]), 0);
+	px_loop_free(loop);
+	tu_close_pair(a);
+}
+
 /* A change the kernel refuses.  epoll: a registration the kernel holds is
  * changed by the flush before the next wait (so that a change and its undoing
  * in one iteration cost nothing); a refusal there is reported as PX_ERR, with
@@ -545,7 +579,8 @@ static void test_ctl_mod_fails(void **state)
 	assert_int_equal(px_io_add(loop, a[0], PX_READ, reader_cb, &ra), 0);
 	assert_int_equal(px_io_add(loop, b[0], PX_READ, reader_cb, &rb), 0);
 
-	fi_plan_ex(FI_EPOLL_CTL, 0, 1, ENOMEM, fi_pred_op, &op_mod, 0);
+	/* ENOSPC (max_user_watches): ENOMEM at the flush is retried, below. */
+	fi_plan_ex(FI_EPOLL_CTL, 0, 1, ENOSPC, fi_pred_op, &op_mod, 0);
 	assert_int_equal(px_io_mod(loop, a[0], PX_WRITE), 0);
 	assert_int_equal(fi_faults(FI_EPOLL_CTL), 0); /* not yet: folded into the flush */
 	tu_send1(b[1]);
@@ -615,7 +650,7 @@ static void test_ctl_oneshot_rearm_fails(void **state)
 	}
 
 	if (epoll) {
-		fi_plan_ex(FI_EPOLL_CTL, 0, 1, ENOMEM, fi_pred_op, &op_mod, 0);
+		fi_plan_ex(FI_EPOLL_CTL, 0, 1, ENOSPC, fi_pred_op, &op_mod, 0);
 	} else if (poll_be) {
 		fi_plan(FI_REALLOC, 0, 1, ENOMEM);
 	} else {
@@ -1239,7 +1274,7 @@ static void test_send_lib_write_ctl_fails(void **state)
 	assert_int_equal(px_io_add(loop, sv[0], PX_READ, reader_cb, &r), 0);
 	assert_int_equal(px_send_notify(loop, sv[0], 0, drain_cb, &k), 0);
 	unsigned char *b = make_buf(0, BIG);
-	fi_plan_ex(FI_EPOLL_CTL, 0, 1, ENOMEM, fd_op_pred, &cp, 0);
+	fi_plan_ex(FI_EPOLL_CTL, 0, 1, ENOSPC, fd_op_pred, &cp, 0);
 	int rc = px_send(loop, sv[0], b, BIG);
 	free(b);
 	assert_int_equal(rc, 0);
@@ -1277,6 +1312,7 @@ int main(void)
 		FI_TEST(test_ctl_add_enomem),
 		FI_TEST(test_ctl_add_enospc),
 		FI_TEST(test_ctl_mod_fails),
+		FI_TEST(test_ctl_enomem_at_flush_retried),
 		FI_TEST(test_ctl_oneshot_rearm_fails),
 		FI_TEST(test_et_probe_faults),
 		FI_TEST(test_accept_errors),

@@ -10,7 +10,8 @@
  *  - hb_stats_*():  request/connection counters, printed with the process's
  *                   CPU time (getrusage) on SIGTERM/SIGINT or at exit:
  *                   "HBSTATS requests=N conns=M utime_us=U stime_us=S".
- *  - hb_args():     "--port N" "--backend NAME" "--plain-send" (pollux only).
+ *  - hb_args():     "--port N" "--backend NAME" "--plain-send" "--io-close"
+ *                   (the last two: pollux only).
  *
  * Every server reads with ONE recv per readiness notification (level
  * triggered), answers all complete requests in one send, and when send takes
@@ -332,6 +333,7 @@ struct hb_opts {
 	int port;
 	const char *backend;
 	bool plain_send;
+	bool io_close;
 };
 
 static inline void hb_args(int argc, char **argv, struct hb_opts *o)
@@ -339,6 +341,7 @@ static inline void hb_args(int argc, char **argv, struct hb_opts *o)
 	o->port = 8080;
 	o->backend = "epoll";
 	o->plain_send = false;
+	o->io_close = false;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--port") && i + 1 < argc)
 			o->port = atoi(argv[++i]);
@@ -346,8 +349,10 @@ static inline void hb_args(int argc, char **argv, struct hb_opts *o)
 			o->backend = argv[++i];
 		else if (!strcmp(argv[i], "--plain-send"))
 			o->plain_send = true;
+		else if (!strcmp(argv[i], "--io-close"))
+			o->io_close = true;
 		else {
-			fprintf(stderr, "usage: %s [--port N] [--backend epoll|poll|select] [--plain-send]\n",
+			fprintf(stderr, "usage: %s [--port N] [--backend epoll|poll|select] [--plain-send] [--io-close]\n",
 			        argv[0]);
 			exit(64);
 		}

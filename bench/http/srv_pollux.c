@@ -1,16 +1,22 @@
 /* pollux HTTP-hello server: px_listen_tcp + px_acceptor_add + px_io_add +
  * px_send (default) or, with --plain-send, send() with the same EAGAIN
- * handling as the other servers (px_io_mod to PX_WRITE and back).
+ * handling as the other servers (px_io_mod to PX_WRITE and back).  A
+ * connection ends with px_io_del + close, or, with --io-close, px_io_close
+ * (no epoll_ctl: no other copy of the socket exists).
  * --backend epoll|poll|select picks the backend. */
 #include "hb_common.h"
 #include "pollux.h"
 
-static bool plain;
+static bool plain, io_close;
 
 static void conn_close(px_loop *loop, struct hb_conn *c)
 {
-	px_io_del(loop, c->fd);
-	close(c->fd);
+	if (io_close) {
+		px_io_close(loop, c->fd);
+	} else {
+		px_io_del(loop, c->fd);
+		close(c->fd);
+	}
 	free(c);
 }
 
@@ -86,6 +92,7 @@ int main(int argc, char **argv)
 	struct hb_opts o;
 	hb_args(argc, argv, &o);
 	plain = o.plain_send;
+	io_close = o.io_close;
 	hb_stats_init();
 	px_loop *loop = px_loop_new_backend(o.backend);
 	if (!loop) {

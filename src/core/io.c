@@ -165,6 +165,15 @@ static int io_sync(px_loop *loop, int fd)
 	return 0;
 }
 
+/* A change the library makes by itself, with no caller to return an error
+ * to: made at the flush, where a refusal (ENOMEM included) reaches the
+ * watcher as PX_ERR instead of being dropped. */
+static void io_resync(px_loop *loop, int fd)
+{
+	if (!mark_dirty(loop, fd) && kernel_apply(loop, fd) < 0)
+		(void)vec_push(&loop->failed, &loop->failedlen, &loop->failedcap, fd);
+}
+
 /* The table only grows for fds that are open, so a bogus huge number costs a
  * fcntl, not a huge allocation. */
 static int tab_reserve(px_loop *loop, int fd)
@@ -464,6 +473,7 @@ int pxi_io_prepare(px_loop *loop)
 	/* Room to report every change the kernel may refuse: none is lost. */
 	if ((rc = vec_reserve(&loop->failed, loop->failedlen, &loop->failedcap, loop->chglen)) < 0)
 		return rc;
+	int retry = 0;
 	for (int i = 0; i < loop->chglen; i++) {
 		int fd = loop->chg[i];
 		struct pxi_watch *w = &loop->w[fd];
@@ -474,10 +484,17 @@ int pxi_io_prepare(px_loop *loop)
 			w->flags &= (uint16_t)~W_ETSTATE;
 			w->fevents = w->events;
 		}
-		if (kernel_apply(loop, fd) < 0)
+		rc = kernel_apply(loop, fd);
+		if (rc == -ENOMEM) {
+			/* Memory may be back at the next flush: nothing is lost,
+			 * the change waits (the kernel keeps the old state). */
+			w->flags |= W_DIRTY;
+			loop->chg[retry++] = fd;
+		} else if (rc < 0) {
 			failed_push(loop, fd);
+		}
 	}
-	loop->chglen = 0;
+	loop->chglen = retry;
 
 	/* The wait may fill waitcap events; the refused changes are added
 	 * after them. */
@@ -496,7 +513,7 @@ int pxi_io_prepare(px_loop *loop)
 		loop->evcap = cap;
 	}
 	loop->waitcap = waitcap;
-	PXI_ASSERT(loop->chglen == 0 && waitcap + loop->failedlen <= loop->evcap);
+	PXI_ASSERT(waitcap + loop->failedlen <= loop->evcap);
 	return 0;
 }
 
@@ -532,7 +549,7 @@ static void disarm_after(px_loop *loop, int fd, bool nval, unsigned out)
 		w->events &= (uint8_t)~PX_RW;
 		w->fevents = w->events; /* re-arming is a change, as for epoll */
 		w->flags &= (uint16_t)~W_ETSTATE;
-		(void)io_sync(loop, fd);
+		io_resync(loop, fd);
 		fast_update(loop, w);
 	} else if (emulates_et(loop, w)) {
 		w->flags |= (uint16_t)((out & PX_RW) << 2);
@@ -599,7 +616,7 @@ static void dispatch_slow(px_loop *loop, const pxi_event *ev)
 		if (nval)
 			disarm_after(loop, fd, true, 0); /* nothing to tell, still disarm */
 		else if ((w->kev & PXK_FIRED) && (w->events & PX_RW))
-			(void)io_sync(loop, fd); /* re-arm what the one-shot hid */
+			io_resync(loop, fd); /* re-arm what the one-shot hid */
 		return;
 	}
 	disarm_after(loop, fd, nval, out);
@@ -733,6 +750,6 @@ void pxi_io_et_check(px_loop *loop)
 		if ((quiet & W_QUIET_W) &&
 		    vec_push(&loop->etlist, &loop->etlen, &loop->etcap, fd) == 0)
 			w->flags |= W_LISTED; /* watch for the user filling it */
-		(void)io_sync(loop, fd);
+		io_resync(loop, fd);
 	}
 }

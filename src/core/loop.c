@@ -83,6 +83,10 @@ static px_loop *loop_new_named(const char *name)
 			if (loop)
 				return loop;
 			err = errno;
+			/* Out of memory or descriptors is no reason to fall back
+			 * to a worse backend: the next one would fail the same. */
+			if (err == ENOMEM || err == EMFILE || err == ENFILE)
+				break;
 		}
 		errno = err;
 		return NULL;
