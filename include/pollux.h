@@ -323,11 +323,11 @@ typedef void px_drain_cb(px_loop *loop, int fd, int status, void *arg);
  * acceptor); -ENOTSOCK not a socket; -ENOMEM the copy could not be made
  * (nothing sent, nothing queued); the immediate send's error (-EPIPE,
  * -ECONNRESET, ...), nothing queued, not sticky; once a flush has failed,
- * that error (sticky).  One exception to all-or-nothing: when part of buf was
- * sent and the backend then refuses the write interest needed for the rest
- * (e.g. -ENOMEM from epoll_ctl), that error is returned and is sticky, as
- * for a failed flush.  On datagram and seqpacket sockets each px_send stays
- * one message.
+ * that error (sticky).  All or nothing without exception: the write interest
+ * that flushes the queue is made by the loop's flush before the next wait
+ * (see px_io_mod: a kernel refusal there reaches the watcher as PX_ERR, with
+ * the queue kept until px_io_del; ENOMEM is retried).  On datagram and
+ * seqpacket sockets each px_send stays one message.
  */
 PX_API int px_send(px_loop *loop, int fd, const void *buf, size_t len);
 

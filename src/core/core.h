@@ -147,6 +147,9 @@ static inline struct pxi_sendq *pxi_io_sendq(const px_loop *loop, int fd)
 int pxi_io_set_sendq(px_loop *loop, int fd, struct pxi_sendq *q);
 /* Sets or clears the library's own write interest for fd (registered). */
 int pxi_io_lib_write(px_loop *loop, int fd, bool on);
+/* Room for what pxi_io_lib_write needs, so that it cannot fail afterwards
+ * (0 or -ENOMEM). */
+int pxi_io_lib_reserve(px_loop *loop, int fd);
 void pxi_io_free_all(px_loop *loop);
 void pxi_io_dispatch(px_loop *loop, int n);
 void pxi_io_et_check(px_loop *loop);

@@ -325,19 +325,27 @@ int pxi_io_set_sendq(px_loop *loop, int fd, struct pxi_sendq *q)
 	return 0;
 }
 
+int pxi_io_lib_reserve(px_loop *loop, int fd)
+{
+	if (!pxi_io_get(loop, fd))
+		return -ENOENT;
+	if (loop->w[fd].flags & W_DIRTY)
+		return 0;
+	return vec_reserve(&loop->chg, loop->chglen, &loop->chgcap, 1);
+}
+
+/* Made by the flush, like every change the library makes by itself: px_send
+ * has sent part of its buffer when it turns this on, and must not fail then. */
 int pxi_io_lib_write(px_loop *loop, int fd, bool on)
 {
 	struct pxi_watch *w = pxi_io_get(loop, fd);
 
 	if (!w)
 		return -ENOENT;
-	uint8_t old = w->lib;
 	w->lib = on ? PX_WRITE : 0;
-	int rc = io_sync(loop, fd);
-	if (rc < 0)
-		w->lib = old;
+	io_resync(loop, fd);
 	fast_update(loop, w);
-	return rc;
+	return 0;
 }
 
 enum drop { DROP_DEL, DROP_CLOSE, DROP_FREE };

@@ -35,10 +35,10 @@
  * not sticky (the caller has been told) and no notify callback is made for it.
  * An error of a flush is sticky: the queue is discarded, the library's write
  * interest dropped, the notify callback (if any) called once with -errno, and
- * every later px_send returns that error until px_io_del.  If the library's
- * write interest cannot be turned on after a partial immediate send (the
- * backend failed, e.g. -ENOMEM in epoll_ctl), the bytes could never be
- * flushed: that is handled like a failed flush (sticky error, returned).
+ * every later px_send returns that error until px_io_del.  The library's
+ * write interest is turned on by the loop's flush before the next wait, with
+ * the room it needs reserved before anything is sent: a kernel refusal there
+ * reaches the watcher as PX_ERR (the queue stays), ENOMEM is retried.
  *
  * Datagram-style sockets (SOCK_DGRAM, SOCK_SEQPACKET) keep their message
  * boundaries: each queued px_send is its own chunk and is flushed by its own
@@ -317,7 +317,10 @@ int px_send(px_loop *loop, int fd, const void *buf, size_t len)
 	if (q->pending > 0)
 		return queue_append(q, buf, len); /* never reorder */
 
-	/* Empty queue: reserve room for everything, then send now. */
+	/* Empty queue: reserve room for everything (the copy, and the write
+	 * interest that flushes it), then send now. */
+	if ((rc = pxi_io_lib_reserve(loop, fd)) < 0)
+		return rc;
 	struct chunk *c = chunk_take(loop, q, len);
 	if (!c)
 		return -ENOMEM;
@@ -352,13 +355,10 @@ int px_send(px_loop *loop, int fd, const void *buf, size_t len)
 	link_tail(q, c);
 	q->pending = left;
 	track_above(q);
-	if ((rc = pxi_io_lib_write(loop, fd, true)) < 0) {
-		/* The rest could never be flushed; part of the buffer went out. */
-		px_drain_cb *cb;
-		void *arg;
-		queue_fail(loop, fd, q, rc, &cb, &arg);
-		return rc;
-	}
+	/* Made by the flush before the next wait (it cannot fail now: room was
+	 * reserved); a refusal there reaches the watcher as PX_ERR, ENOMEM is
+	 * retried, and the queue stays. */
+	(void)pxi_io_lib_write(loop, fd, true);
 	return 0;
 }
 
