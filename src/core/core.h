@@ -133,6 +133,9 @@ void pxi_timers_free(px_loop *loop);
 /* Nanoseconds until the next timer is due (0 if due), or UINT64_MAX. */
 uint64_t pxi_timers_next(px_loop *loop);
 void pxi_timers_run(px_loop *loop);
+/* Makes pending timer id due after_ms from now, as if added now; allocates
+ * nothing.  0 or -ENOENT. */
+int pxi_timer_restart(px_loop *loop, int64_t id, uint64_t after_ms);
 
 /* io.c */
 int pxi_io_add_owned(px_loop *loop, int fd, unsigned events, px_io_cb *cb,

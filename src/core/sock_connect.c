@@ -149,7 +149,8 @@ struct conn {
 	px_connect_cb *cb;
 	void *arg;
 	int fd;
-	int status;    /* the outcome to deliver from the deferral timer */
+	int status;    /* the outcome to deliver from the timer, when finished */
+	bool finished; /* connect() gave the outcome at once */
 	int64_t timer; /* deadline or deferral timer, 0 when none */
 };
 
@@ -185,28 +186,24 @@ static void conn_io_cb(px_loop *loop, int fd, unsigned revents, void *arg)
 	conn_finish(loop, c, connect_outcome(c->fd));
 }
 
-/* Deadline: the connect may have finished just now (io is dispatched after
- * timers in an iteration), so look once more before reporting a timeout. */
-static void conn_deadline_cb(px_loop *loop, int64_t id, void *arg)
+/* Deferral (an outcome that connect() gave at once, reported from the next
+ * iteration) or deadline: then the connect may have finished just now (io is
+ * dispatched after timers in an iteration), so look once more before
+ * reporting a timeout. */
+static void conn_timer_cb(px_loop *loop, int64_t id, void *arg)
 {
 	struct conn *c = arg;
 	struct pollfd p = { .fd = c->fd, .events = POLLOUT };
-	int status = -ETIMEDOUT;
+	int status = c->status;
 
 	(void)id;
 	c->timer = 0; /* a fired one-shot: nothing to delete */
-	if (poll(&p, 1, 0) == 1 && !(p.revents & POLLNVAL))
-		status = connect_outcome(c->fd);
+	if (!c->finished) {
+		status = -ETIMEDOUT;
+		if (poll(&p, 1, 0) == 1 && !(p.revents & POLLNVAL))
+			status = connect_outcome(c->fd);
+	}
 	conn_finish(loop, c, status);
-}
-
-static void conn_deferred_cb(px_loop *loop, int64_t id, void *arg)
-{
-	struct conn *c = arg;
-
-	(void)id;
-	c->timer = 0;
-	conn_finish(loop, c, c->status);
 }
 
 /* Errors of connect() that are an outcome of the attempt (reported through
@@ -259,52 +256,45 @@ int px_connect(px_loop *loop, int fd, const struct sockaddr *sa, socklen_t salen
 	c->arg = arg;
 	c->fd = fd;
 
-	/* Registered (disarmed) before connecting, so that a failure to
-	 * register cannot leave a connect in flight that nobody reports. */
-	rc = pxi_io_add_owned(loop, fd, 0, conn_io_cb, &c->owner);
+	/* Everything that can fail is done before connecting, so that no
+	 * connect is left in flight when the caller is told it failed: the
+	 * watcher (armed for PX_WRITE: the kernel looks at readiness only at
+	 * the wait, by when the connect has started) and the timer (the
+	 * deadline, or the deferral of an outcome that comes at once). */
+	rc = pxi_io_add_owned(loop, fd, PX_WRITE, conn_io_cb, &c->owner);
 	if (rc < 0) {
 		free(c);
 		return rc;
 	}
 	/* From here on, px_io_del frees c. */
+	int64_t id = px_timer_add(loop, timeout_ms >= 0 ? (uint64_t)timeout_ms : UINT64_MAX, 0,
+	                          conn_timer_cb, c);
+	if (id < 0) {
+		(void)px_io_del(loop, fd);
+		return (int)id;
+	}
+	c->timer = id;
 
-	bool pending = false;
-	int status = 0;
 	if (connect(fd, sa, salen) == 0) {
-		status = 0;
+		c->finished = true;
 	} else if (errno == EINPROGRESS || errno == EINTR) {
-		pending = true;
+		if (timeout_ms < 0) { /* no deadline */
+			(void)px_timer_del(loop, c->timer);
+			c->timer = 0;
+		}
+		return 0;
 	} else if (is_outcome_error(errno)) {
-		status = -errno;
+		c->finished = true;
+		c->status = -errno;
 	} else {
 		rc = -errno;
 		(void)px_io_del(loop, fd);
 		return rc;
 	}
-
-	if (pending) {
-		rc = px_io_mod(loop, fd, PX_WRITE);
-		if (rc >= 0 && timeout_ms >= 0) {
-			int64_t id = px_timer_add(loop, (uint64_t)timeout_ms, 0, conn_deadline_cb, c);
-			if (id < 0)
-				rc = (int)id;
-			else
-				c->timer = id;
-		}
-	} else {
-		/* Finished at once: report from the next iteration, never from
-		 * inside px_connect.  The fd stays registered (disarmed) until
-		 * then, so px_io_del still cancels. */
-		c->status = status;
-		int64_t id = px_timer_add(loop, 0, 0, conn_deferred_cb, c);
-		if (id < 0)
-			rc = (int)id;
-		else
-			c->timer = id;
-	}
-	if (rc < 0) {
-		(void)px_io_del(loop, fd);
-		return rc;
-	}
+	/* Finished at once: report from the next iteration, never from inside
+	 * px_connect.  The fd stays registered (disarmed) until then, so
+	 * px_io_del still cancels.  Neither call allocates. */
+	(void)px_io_mod(loop, fd, 0);
+	(void)pxi_timer_restart(loop, c->timer, 0);
 	return 0;
 }

@@ -232,6 +232,20 @@ int px_timer_del(px_loop *loop, int64_t id)
 	return 0;
 }
 
+int pxi_timer_restart(px_loop *loop, int64_t id, uint64_t after_ms)
+{
+	uint32_t slot;
+	struct pxi_timer_slot *s = slot_of(loop, id, &slot);
+
+	if (!s || s->heap == NO_HEAP)
+		return -ENOENT;
+	heap_remove(loop, s->heap);
+	s->due = add_sat(pxi_clock_ns(), ms_to_ns(after_ms));
+	s->seq = ++loop->timer_seq;
+	heap_push(loop, slot); /* the room it just left */
+	return 0;
+}
+
 uint64_t pxi_timers_next(px_loop *loop)
 {
 	if (loop->heaplen == 0)
