@@ -141,11 +141,6 @@ static int kernel_apply(px_loop *loop, int fd)
 	return 0;
 }
 
-/* Records that fd's kernel registration must follow its watcher.  A new
- * registration is made at once, so that px_io_add and px_io_mod can report
- * what the kernel refuses (-EPERM, -EBADF, ...); changes to one the kernel
- * holds wait for the flush before the next wait, where a change and its
- * undoing in the same iteration cancel out. */
 /* Puts fd on the list the flush before the next wait goes through; false
  * only when that list cannot grow. */
 static bool mark_dirty(px_loop *loop, int fd)
@@ -158,6 +153,11 @@ static bool mark_dirty(px_loop *loop, int fd)
 	return w->flags & W_DIRTY;
 }
 
+/* Makes fd's kernel registration follow its watcher.  A new registration is
+ * made at once, so that px_io_add and px_io_mod can report what the kernel
+ * refuses (-EPERM, -EBADF, ...); changes to one the kernel holds wait for
+ * the flush before the next wait, where a change and its undoing in the same
+ * iteration cancel out. */
 static int io_sync(px_loop *loop, int fd)
 {
 	if (!loop->w[fd].kev || !mark_dirty(loop, fd))
@@ -166,8 +166,8 @@ static int io_sync(px_loop *loop, int fd)
 }
 
 /* A change the library makes by itself, with no caller to return an error
- * to: made at the flush, where a refusal (ENOMEM included) reaches the
- * watcher as PX_ERR instead of being dropped. */
+ * to: made at the flush, where a refusal reaches the watcher as PX_ERR and
+ * ENOMEM is retried, instead of being dropped. */
 static void io_resync(px_loop *loop, int fd)
 {
 	if (!mark_dirty(loop, fd) && kernel_apply(loop, fd) < 0)
