@@ -151,8 +151,12 @@ int pxi_io_set_sendq(px_loop *loop, int fd, struct pxi_sendq *q);
 /* Sets or clears the library's own write interest for fd (registered). */
 int pxi_io_lib_write(px_loop *loop, int fd, bool on);
 /* Room for what pxi_io_lib_write needs, so that it cannot fail afterwards
- * (0 or -ENOMEM). */
-int pxi_io_lib_reserve(px_loop *loop, int fd);
+ * (0 or -ENOMEM).  Inline: px_send asks before every send. */
+int pxi_io_lib_reserve_slow(px_loop *loop);
+static inline int pxi_io_lib_reserve(px_loop *loop)
+{
+	return loop->chglen < loop->chgcap ? 0 : pxi_io_lib_reserve_slow(loop);
+}
 void pxi_io_free_all(px_loop *loop);
 void pxi_io_dispatch(px_loop *loop, int n);
 void pxi_io_et_check(px_loop *loop);

@@ -325,12 +325,8 @@ int pxi_io_set_sendq(px_loop *loop, int fd, struct pxi_sendq *q)
 	return 0;
 }
 
-int pxi_io_lib_reserve(px_loop *loop, int fd)
+int pxi_io_lib_reserve_slow(px_loop *loop)
 {
-	if (!pxi_io_get(loop, fd))
-		return -ENOENT;
-	if (loop->w[fd].flags & W_DIRTY)
-		return 0;
 	return vec_reserve(&loop->chg, loop->chglen, &loop->chgcap, 1);
 }
 
@@ -473,13 +469,16 @@ static int backend_rebuild(px_loop *loop, int skip)
 	return 0;
 }
 
-int pxi_io_prepare(px_loop *loop)
+/* Folds the iteration's changes into the kernel. */
+static int flush(px_loop *loop)
 {
 	int rc;
+
 	if (loop->rebuild && (rc = backend_rebuild(loop, -1)) < 0)
 		return rc;
 	/* Room to report every change the kernel may refuse: none is lost. */
-	if ((rc = vec_reserve(&loop->failed, loop->failedlen, &loop->failedcap, loop->chglen)) < 0)
+	if (loop->chglen > loop->failedcap - loop->failedlen &&
+	    (rc = vec_reserve(&loop->failed, loop->failedlen, &loop->failedcap, loop->chglen)) < 0)
 		return rc;
 	int retry = 0;
 	for (int i = 0; i < loop->chglen; i++) {
@@ -503,16 +502,23 @@ int pxi_io_prepare(px_loop *loop)
 		}
 	}
 	loop->chglen = retry;
+	return 0;
+}
 
+int pxi_io_prepare(px_loop *loop)
+{
+	int rc;
+
+	if ((loop->chglen || loop->rebuild) && (rc = flush(loop)) < 0)
+		return rc;
 	/* The wait may fill waitcap events; the refused changes are added
 	 * after them. */
 	int waitcap = loop->nkernel > 0 ? loop->nkernel : 1;
 	if (loop->be->batch > 0 && waitcap > loop->be->batch)
 		waitcap = loop->be->batch;
-	int need = waitcap + loop->failedlen;
-	if (need > loop->evcap) {
+	if (waitcap + loop->failedlen > loop->evcap) {
 		int cap = loop->evcap ? loop->evcap : 64;
-		while (cap < need)
+		while (cap < waitcap + loop->failedlen)
 			cap *= 2;
 		pxi_event *ev = realloc(loop->ev, (size_t)cap * sizeof(*ev));
 		if (!ev)

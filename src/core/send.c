@@ -319,7 +319,7 @@ int px_send(px_loop *loop, int fd, const void *buf, size_t len)
 
 	/* Empty queue: reserve room for everything (the copy, and the write
 	 * interest that flushes it), then send now. */
-	if ((rc = pxi_io_lib_reserve(loop, fd)) < 0)
+	if ((rc = pxi_io_lib_reserve(loop)) < 0)
 		return rc;
 	struct chunk *c = chunk_take(loop, q, len);
 	if (!c)
