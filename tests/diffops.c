@@ -80,7 +80,8 @@
  *     px_io_del, the slot's records carry RF_FILE: compared exactly between
  *     select and poll, not compared between epoll and the others; epoll's
  *     side is checked by the interpreter instead (V_EPERM, V_NOERR,
- *     V_FILECB).  Such callbacks do nothing.
+ *     V_FILECB), and so is select's and poll's "always ready" for armed
+ *     level watchers (V_FILEQUIET).  Such callbacks do nothing.
  * 10. many: the per-iteration callback counts of the extra fds (R_MANY with
  *     RF_NOCMP) depend on each backend's batching and are not compared; the
  *     summary record is.  The relation is checked per backend: every fd
@@ -336,7 +337,7 @@ static const char *const viol_name[V_N] = {
 	"mask",          "stray",             "epoll-eperm",    "epoll-no-err",
 	"epoll-file-cb", "et-eof-spin",       "fd",             "many-dead",
 	"many-twice",    "many-not-ready",    "many-revents",   "many-starved",
-	"many-refuse",   "many-rc",
+	"many-refuse",   "many-rc",           "file-not-reported",
 };
 
 const char *do_viol_name(int v)
@@ -572,6 +573,8 @@ struct slot {
 	int err_iter;      /* epoll: the iteration that must bring a refused change's PX_ERR */
 	int err_ok;        /* epoll: a PX_ERR callback may come (a change since the last) */
 	int fchg_iter;     /* the file at a changed under the registration in this iteration */
+	int touch_iter;    /* px_io_* or a new file for the slot in this iteration */
+	int file_expect;   /* select/poll: an always ready regular file, armed: a callback due */
 	int reg_iter;      /* registered from a callback in this iteration (-1: no) */
 	int last_cb_iter;
 	int pre_fid;       /* the file pre_rev is about */
@@ -751,6 +754,7 @@ static void a_gone(struct run *r, struct slot *s, int taint)
 		return;
 	r->prefs[s->fid]--;
 	s->err_iter = -1; /* a refused change's file is gone: no telling now */
+	s->touch_iter = r->in_run ? r->iter : -1;
 	if (s->preg) {
 		if (taint)
 			s->tainted = 1;
@@ -884,6 +888,7 @@ static int install(struct run *r, struct slot *s, int k, int taint)
 		return -ENOMEM;
 	}
 	a_gone(r, s, taint);
+	s->touch_iter = r->in_run ? r->iter : -1;
 	if (s->preg)
 		s->fchg_iter = r->in_run ? r->iter : -1;
 	if (dup3(sv[0], fd_a(s->idx), O_CLOEXEC) < 0) {
@@ -1309,6 +1314,7 @@ static void op_add(struct run *r, struct slot *s, unsigned mask)
 	}
 	int was_reg = s->reg;
 	int rc = px_io_add(r->loop, fd_a(i), m, io_cb, tk);
+	s->touch_iter = r->in_run ? r->iter : -1;
 	/* A regular file registered (select, poll: 0; epoll: -EPERM) */
 	if (s->kind == FK_FILE && (rc == 0 || (r->epoll && rc == -EPERM)))
 		s->filereg = 1;
@@ -1365,6 +1371,7 @@ static void op_mod(struct run *r, struct slot *s, unsigned mask, int from_timer)
 	if (rc == 0)
 		slot_modded(s, m);
 	s->err_iter = -1;
+	s->touch_iter = r->in_run ? r->iter : -1;
 	if (r->epoll && s->filereg && rc == 0 && (m & PX_RW_BITS) && m != before)
 		s->err_ok = 1;
 	rec(r, R_RC, (undefined ? RF_TAINT : 0) | (s->filereg ? RF_FILE : 0), i, DO_MOD, rc);
@@ -1375,6 +1382,7 @@ static void op_del(struct run *r, struct slot *s)
 	unsigned fl = s->filereg ? RF_FILE : 0;
 	int rc = px_io_del(r->loop, fd_a(s->idx));
 
+	s->touch_iter = r->in_run ? r->iter : -1;
 	if (rc == 0) {
 		s->reg = 0;
 		if (s->tok)
@@ -1691,6 +1699,10 @@ static void iterate(struct run *r)
 		sj->pre_fid = sj->a_open ? sj->fid : -1;
 		sj->pre_rev = sj->a_open ? poll_now(fd_a(j)) : 0;
 		sj->w_wait = sj->a_open && (sj->pre_rev & POLLOUT);
+		/* select and poll report a regular file always ready (rule 9) */
+		sj->file_expect = !r->epoll && sj->reg && sj->filereg && sj->kind == FK_FILE &&
+		                  !sj->tainted && (slot_effective(sj) & PX_RW_BITS) &&
+		                  !(sj->mask & PX_ET);
 	}
 	r->in_run = 1;
 	int rc = px_loop_run(r->loop, PX_RUN_NOWAIT);
@@ -1699,6 +1711,8 @@ static void iterate(struct run *r)
 		rec(r, R_RC, 0, 0, DO_RUN, rc);
 	for (int j = 0; j < DO_NSLOTS; j++) {
 		struct slot *sj = &r->s[j];
+		if (sj->file_expect && sj->last_cb_iter != r->iter && sj->touch_iter != r->iter)
+			viol(r, V_FILEQUIET, j, (int64_t)slot_effective(sj));
 		if (sj->err_iter < 0 || sj->err_iter > r->iter)
 			continue;
 		if (sj->err_iter == r->iter && !sj->tainted)
@@ -1761,6 +1775,7 @@ static void op_refuse(struct run *r, struct slot *s, unsigned mask, int from_tim
 			break;
 	}
 	rc = px_io_mod(r->loop, fd_a(i), m);
+	s->touch_iter = r->in_run ? r->iter : -1;
 	if (rc == 0)
 		slot_modded(s, m);
 	if (r->epoll && rc == 0) {
@@ -2305,7 +2320,7 @@ int do_run(const struct do_prog *p, const char *backend, struct do_trace *t)
 		struct slot *s = &r->s[i];
 		s->r = r;
 		s->idx = i;
-		s->reg_iter = s->err_iter = s->fchg_iter = s->last_cb_iter = -1;
+		s->reg_iter = s->err_iter = s->fchg_iter = s->last_cb_iter = s->touch_iter = -1;
 		if ((rc = install(r, s, DO_K_SOCK, 0)) < 0)
 			goto out;
 	}

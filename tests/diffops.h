@@ -233,6 +233,8 @@ enum do_viol {
 	V_MANY_STARVED, /* many: a ready fd not called within the bound */
 	V_MANY_REFUSE,  /* many: the refused fd broke its backend's rule */
 	V_MANY_RC,      /* many: px_io_add / px_io_del of an extra fd failed */
+	V_FILEQUIET,    /* select/poll: an armed level watcher of a regular file
+	                 * (always ready) not called in an iteration */
 	V_N
 };
 const char *do_viol_name(int v);
