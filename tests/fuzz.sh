@@ -2,8 +2,9 @@
 # Builds tests/fuzz_ops.c (libFuzzer + ASan + UBSan) with the library sources
 # and runs it for a bounded time.  Usage: tests/fuzz.sh [seconds] (default 60)
 # Environment: FUZZ_SRC (library source tree, default this one), FUZZ_DIR (build/corpus/artifacts dir, default a fresh temp dir),
-# CC (default clang), FUZZ_JOBS (parallel workers, default 1), PX_DIFF_RELAX
-# (see tests/diffops.h).  Exits non-zero on a crash or a trace difference;
+# CC (default clang), FUZZ_JOBS (parallel workers, default 1), PX_DIFF_RELAX,
+# PX_DIFF_MANY, PX_DIFF_IGNORE (see tests/diffops.h).  Exits non-zero on a
+# crash, a contract violation or a trace difference;
 # the reproducer is left in $FUZZ_DIR/artifacts (re-run it with
 # $FUZZ_DIR/fuzz_ops <file>).
 set -eu
@@ -54,12 +55,33 @@ echo "fuzz.sh: building $dir/fuzz_ops"
 	$srcs "$here/tests/diffops.c" "$here/tests/fuzz_ops.c" -o "$dir/fuzz_ops"
 
 # A small starting corpus: a few deterministic pseudo-random programs
-# (4 bytes per operation).
+# (4 bytes per operation), and short programs that reproduce bugs found
+# before (they fail until the library is fixed, then guard it).  Their bytes
+# follow the decoder of tests/diffops.c (op kind = byte 0 mod 115 through
+# kind_weight[]): re-derive them if those weights change.
 if [ -z "$(ls -A "$dir/corpus")" ]; then
 	for s in 1 2 3 4 5 6 7 8; do
 		LC_ALL=C awk -v seed="$s" 'BEGIN { srand(seed); for (i = 0; i < 800; i++) printf "%c", int(rand() * 256) }' \
 			> "$dir/corpus/seed$s"
 	done
+	# add s0 R; dup s0; del s0; reopen s0; add s0 R; run: epoll keeps the old
+	# file (alive in the copy) and reports its hang-up on the new watcher
+	printf '\000\000\001\000\144\000\000\000\024\000\000\000\072\000\000\000\000\000\001\000\120\000\000\000' \
+		> "$dir/corpus/bug-dup-reuse"
+	# the same with a child holding the file (and unread data in it)
+	printf '\000\000\001\000\031\000\000\011\152\000\000\000\024\000\000\000\072\000\000\000\000\000\001\000\120\000\000\000' \
+		> "$dir/corpus/bug-fork-reuse"
+	# the same with the file in flight over SCM_RIGHTS
+	printf '\000\000\001\000\153\000\001\000\024\000\000\000\072\000\000\000\000\000\001\000\120\000\000\000' \
+		> "$dir/corpus/bug-scm-reuse"
+	# add s0 R; reuse s0 file R: epoll px_io_add of a regular file at a
+	# number deleted before must be -EPERM
+	printf '\000\000\001\000\155\000\001\002\120\000\000\000' > "$dir/corpus/bug-file-eperm"
+	# many: 2,100 ready fds and a refused change in one flush (heap overflow)
+	printf '\162\000\000\020' > "$dir/corpus/bug-many-refuse"
+	# reuse s0 pipe R|ET; shut s0; run x3; run x3: the ET read side of a pipe
+	# at end of file must go quiet on select and poll
+	printf '\155\000\005\001\064\000\000\000\120\000\002\000\120\000\002\000' > "$dir/corpus/bug-pipe-et-eof"
 fi
 
 echo "fuzz.sh: running for ${secs}s (corpus $dir/corpus, artifacts $dir/artifacts)"

@@ -7,10 +7,17 @@
  *   tests/test_diff --seeds N --start S [--ops K]
  *   tests/test_diff --seed S [--ops K] --dump  one seed, with every trace printed
  *
- * Environment: PX_DIFF_SEEDS, PX_DIFF_START, PX_DIFF_OPS (default 200),
+ * Environment: PX_DIFF_SEEDS (the long-run knob: e.g. PX_DIFF_SEEDS=20000),
+ * PX_DIFF_START, PX_DIFF_OPS (default 200),
  * PX_DIFF_MAXFAIL (failing seeds described in full, default 3),
  * PX_DIFF_RELAX (relaxations of the equivalence, a number: see diffops.h;
- * default 2 = DO_RELAX_LATEHUP, 3 adds DO_RELAX_ETEOF).
+ * default 3 = DO_RELAX_LATEHUP | DO_RELAX_ETEOF),
+ * PX_DIFF_MANY (how often "many" is decoded: 0..256, default 8, about one
+ * program in twenty; 0 turns it off), PX_DIFF_IGNORE (violations that do not
+ * fail a seed, by name: e.g. "epoll-eperm,et-eof-spin").
+ * The summary line counts failing seeds per kind of finding (contract
+ * violations by name, "diff" for traces that differ) with the first seed of
+ * each.
  * make check runs this program once per backend (POLLUX_BACKEND): the
  * comparison always covers every backend of px_backends(), so each run is the
  * same check. */
@@ -33,6 +40,8 @@
 #include "diffops.h"
 
 static uint64_t opt_seeds = 200, opt_start = 1;
+static uint64_t kind_first[V_N];
+static unsigned kind_count[V_N];
 static int opt_ops = 200, opt_dump, opt_maxfail = 3;
 
 static int under_valgrind(void)
@@ -93,11 +102,17 @@ static void test_diff_seeds(void **state)
 		if (rc < 0)
 			fail_msg("seed %llu: setup failed: %d", (unsigned long long)seed, rc);
 		if (rc > 0) {
+			for (int v = 0; v < V_N; v++)
+				if (do_last_viol & (1u << v)) {
+					if (!kind_count[v]++)
+						kind_first[v] = seed;
+				}
 			if (!failed)
 				first_bad = seed;
 			failed++;
 			if (out)
-				printf("^^^ seed %llu: %d backend pair(s) differ (reproduce: "
+				printf("^^^ seed %llu: %d run(s) with violations or backend pair(s) that "
+				       "differ (reproduce: "
 				       "tests/test_diff --seed %llu --ops %d --dump)\n\n",
 				       (unsigned long long)seed, rc, (unsigned long long)seed, opt_ops);
 			if (fails && flen < 4000)
@@ -105,16 +120,26 @@ static void test_diff_seeds(void **state)
 				                         (unsigned long long)seed);
 		}
 	}
+	do_reap_children();
 	printf("[ diff     ] %llu seeds from %llu, %d ops each, backends:",
 	       (unsigned long long)opt_seeds, (unsigned long long)opt_start, opt_ops);
 	for (const char *const *b = px_backends(); *b; b++)
 		printf(" %s", *b);
 	printf("; %.2f s; %d failing seed(s)%s%s\n", now_s() - t0, failed, failed ? ":" : "",
 	       failed && fails ? fails : "");
+	if (failed) {
+		printf("[ diff     ] by kind (seeds, first):");
+		for (int v = 0; v < V_N; v++)
+			if (kind_count[v])
+				printf(" %s %u (%llu)", v ? do_viol_name(v) : "diff", kind_count[v],
+				       (unsigned long long)kind_first[v]);
+		printf("\n");
+	}
 	free(fails);
 	if (failed)
-		fail_msg("%d of %llu seeds differ across backends (first: %llu)", failed,
-		         (unsigned long long)opt_seeds, (unsigned long long)first_bad);
+		fail_msg("%d of %llu seeds failed: contract violations or traces that differ "
+		         "across backends (first: %llu)",
+		         failed, (unsigned long long)opt_seeds, (unsigned long long)first_bad);
 }
 
 int main(int argc, char **argv)
@@ -127,6 +152,8 @@ int main(int argc, char **argv)
 	opt_ops = (int)env_u64("PX_DIFF_OPS", 200);
 	opt_maxfail = (int)env_u64("PX_DIFF_MAXFAIL", 3);
 	do_relax = (unsigned)env_u64("PX_DIFF_RELAX", do_relax);
+	do_many_gate = (unsigned)env_u64("PX_DIFF_MANY", do_many_gate);
+	do_viol_ignore = do_viol_parse(getenv("PX_DIFF_IGNORE"));
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
