@@ -120,6 +120,10 @@ static int ep_ctl(void *p, int fd, unsigned oldk, unsigned newk, unsigned tag)
 			return -errno;
 		if (epoll_ctl(st->epfd, op, fd, &e) < 0)
 			return -errno;
+		/* The file that was registered under this number is gone from
+		 * it; its registration lives on if a copy of it is open. */
+		if (op == EPOLL_CTL_ADD)
+			return (int)(newk | PXK_LOST);
 	}
 	if (!oldk)
 		st->held++;

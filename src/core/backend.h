@@ -86,8 +86,9 @@ struct pxi_backend {
 	void (*destroy)(void *st);
 	/* Make the kernel's interest for fd go from oldk (a token, 0: not
 	 * held) to newk (0: none; the backend may keep a registration that
-	 * reports nothing).  Returns the new token (>= 0; PXK_LOST possible
-	 * when newk is 0) or -errno, and then the kernel's view is unchanged.
+	 * reports nothing).  Returns the new token (>= 0, with PXK_LOST when
+	 * the registration of the file that had this number may be lost) or
+	 * -errno, and then the kernel's view is unchanged.
 	 * Adding (oldk 0) an fd that is not open is -EBADF on every backend.
 	 * Persistent backends return tag with every event of the registration
 	 * (pxi_event_tag), so that the core can tell it from a lost one at the

@@ -35,7 +35,7 @@ static void check_list(const px_loop *loop, const int *v, int len, unsigned flag
 /* between: called between iterations (no round of callbacks under way). */
 void pxi_loop_check(px_loop *loop, bool between)
 {
-	int nwatch = 0, nkernel = 0;
+	int nwatch = 0, nkernel = 0, norphans = 0;
 
 	PXI_ASSERT(loop->wcap >= 0 && (loop->wcap == 0 || loop->w));
 	for (int fd = 0; fd < loop->wcap; fd++) {
@@ -44,11 +44,14 @@ void pxi_loop_check(px_loop *loop, bool between)
 			nwatch++;
 		if (w->kev)
 			nkernel++;
+		if (w->flags & W_ORPHAN)
+			norphans++;
 		/* A deleted watcher left the kernel at once. */
 		PXI_ASSERT(w->cb || (!w->kev && !w->events && !w->lib && !w->fast));
+		PXI_ASSERT(!w->cb || !(w->flags & W_GONE));
 		/* A registration where a lost one may report is tagged; only
 		 * persistent sets lose registrations. */
-		PXI_ASSERT(!(w->flags & W_ORPHAN) || !w->kev || w->tag);
+		PXI_ASSERT(!(w->flags & W_ORPHAN) || !w->kev || w->tag || loop->rebuild);
 		PXI_ASSERT(loop->be->persistent || (!w->tag && !(w->flags & W_ORPHAN)));
 		PXI_ASSERT(!(w->kev & PXK_LOST));
 		PXI_ASSERT(!(w->events & ~PX_MASK) && !(w->lib & ~PX_WRITE));
@@ -56,12 +59,13 @@ void pxi_loop_check(px_loop *loop, bool between)
 		PXI_ASSERT(!w->fast ||
 		           (w->cb && w->kev && !w->tag && !w->lib && !(w->kev & PX_ONESHOT)));
 		if (between)
-			PXI_ASSERT(!(w->flags & W_FRESH));
+			PXI_ASSERT(!(w->flags & (W_FRESH | W_GONE)));
 		if (!(loop->be->kmodes & PX_ONESHOT))
 			PXI_ASSERT(!(w->kev & (PX_ONESHOT | PXK_FIRED)));
 	}
 	PXI_ASSERT(nwatch == loop->nwatch);
 	PXI_ASSERT(nkernel == loop->nkernel);
+	PXI_ASSERT(norphans == loop->norphans);
 	if (loop->be->count)
 		PXI_ASSERT(loop->be->count(loop->bst) == loop->nkernel);
 	PXI_ASSERT(loop->sqcap <= loop->wcap);

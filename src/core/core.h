@@ -36,6 +36,7 @@ struct pxi_sendq; /* defined by src/core/send.c */
                           * are tagged, until the set is rebuilt */
 #define W_EOFSEEN 0x200u /* ET emulation: a check found the read side at end of file */
 #define W_EOFTOLD 0x400u /* ... and a callback has run since, so the reader saw it */
+#define W_GONE    0x800u /* deleted after this iteration's wait: its events are stale */
 /* Everything the ET emulation knows; forgotten when the mask changes. */
 #define W_ETSTATE (W_QUIET_R | W_QUIET_W | W_PROBE_R | W_PROBE_W | W_EOFSEEN | W_EOFTOLD)
 
@@ -70,6 +71,7 @@ struct px_loop {
 	int wcap;
 	int nwatch;  /* registered fds */
 	int nkernel; /* fds the backend holds */
+	int norphans; /* numbers that may hold a lost registration (W_ORPHAN) */
 
 	pxi_event *ev;
 	int evcap;

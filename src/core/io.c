@@ -94,14 +94,29 @@ static void failed_push(px_loop *loop, int fd)
 	loop->failed[loop->failedlen++] = fd;
 }
 
+/* The kernel may hold a lost registration under w's number, which may
+ * report until the set is rebuilt: the wait makes room for it too. */
+static void mark_orphan(px_loop *loop, struct pxi_watch *w)
+{
+	if (!(w->flags & W_ORPHAN)) {
+		w->flags |= W_ORPHAN;
+		loop->norphans++;
+	}
+}
+
 /* Stores a token from the backend as fd's kernel state. */
 static void kev_set(px_loop *loop, int fd, int tok)
 {
 	struct pxi_watch *w = &loop->w[fd];
 
 	if (tok & PXK_LOST) {
-		w->flags |= W_ORPHAN;
-		tok = 0;
+		mark_orphan(loop, w);
+		/* Held all the same (a change found the number naming another
+		 * file, and registered that one): the lost one is untagged, so
+		 * only a new set tells them apart. */
+		if (tok & ~PXK_LOST)
+			loop->rebuild = true;
+		tok &= ~PXK_LOST;
 	}
 	if (!w->kev && tok)
 		loop->nkernel++;
@@ -225,7 +240,7 @@ static int io_add(px_loop *loop, int fd, unsigned events, px_io_cb *cb, void *ar
 		return rc;
 	/* A deleted watcher may still be on the change list, and its number
 	 * may name a lost registration. */
-	uint16_t keep = w->flags & (W_DIRTY | W_ORPHAN);
+	uint16_t keep = w->flags & (W_DIRTY | W_ORPHAN), gone = w->flags;
 	PXI_ASSERT(w->kev == 0 && !w->cb);
 	w->cb = cb;
 	w->arg = arg;
@@ -236,7 +251,7 @@ static int io_add(px_loop *loop, int fd, unsigned events, px_io_cb *cb, void *ar
 	if (rc < 0) {
 		uint8_t tag = w->tag;
 		memset(w, 0, sizeof(*w));
-		w->flags = keep;
+		w->flags = keep | (gone & W_GONE);
 		w->tag = tag;
 		return rc;
 	}
@@ -368,11 +383,15 @@ static void io_drop(px_loop *loop, int fd, enum drop how)
 	w->flags = keep;
 	w->tag = tag;
 	loop->nwatch--;
+	/* Events of this iteration for it are stale (see dispatch_slow). */
+	if (loop->in_cb_window &&
+	    vec_push(&loop->fresh, &loop->freshlen, &loop->freshcap, fd) == 0)
+		w->flags |= W_GONE;
 	if (kev) {
 		loop->nkernel--;
 		if (how != DROP_FREE &&
 		    (loop->be->del(loop->bst, fd, kev, how == DROP_CLOSE) & PXK_LOST))
-			w->flags |= W_ORPHAN;
+			mark_orphan(loop, w);
 	}
 	if (sq) {
 		loop->sq[fd] = NULL;
@@ -446,6 +465,7 @@ static int backend_rebuild(px_loop *loop, int skip)
 		return rc;
 	loop->rebuild = false;
 	loop->nkernel = 0;
+	loop->norphans = 0;
 	for (int fd = 0; fd < loop->wcap; fd++) {
 		struct pxi_watch *w = &loop->w[fd];
 		w->kev = 0;
@@ -511,9 +531,9 @@ int pxi_io_prepare(px_loop *loop)
 
 	if ((loop->chglen || loop->rebuild) && (rc = flush(loop)) < 0)
 		return rc;
-	/* The wait may fill waitcap events; the refused changes are added
-	 * after them. */
-	int waitcap = loop->nkernel > 0 ? loop->nkernel : 1;
+	/* The wait may fill waitcap events (one per registration, lost ones
+	 * included); the refused changes are added after them. */
+	int waitcap = loop->nkernel + loop->norphans > 0 ? loop->nkernel + loop->norphans : 1;
 	if (loop->be->batch > 0 && waitcap > loop->be->batch)
 		waitcap = loop->be->batch;
 	if (waitcap + loop->failedlen > loop->evcap) {
@@ -587,11 +607,14 @@ static void dispatch_slow(px_loop *loop, const pxi_event *ev)
 	int fd = ev->data.fd;
 	struct pxi_watch *w = &loop->w[fd];
 
-	if (!w->kev) {
-		/* Nothing of ours is in the kernel under this number: deleted
-		 * or disarmed during this round (a stale event), or a lost
-		 * registration (PXK_LOST), which only a new set removes. */
-		if (w->flags & W_ORPHAN)
+	if (!w->cb || (!w->kev && !(e & PXR_NVAL))) {
+		/* Nothing of ours is in the kernel under this number.  Deleted
+		 * or disarmed during this round: a stale event.  Otherwise the
+		 * kernel holds a registration we do not, a lost one (PXK_LOST),
+		 * and only a new set removes it.  (A change the kernel refused,
+		 * PXR_NVAL, is reported even when the registration is gone: a
+		 * set rebuilt since may have refused it again.) */
+		if (!(e & PXR_NVAL) && !(w->flags & (W_GONE | W_FRESH)) && loop->be->persistent)
 			loop->rebuild = true;
 		return;
 	}
@@ -667,7 +690,7 @@ void pxi_io_dispatch(px_loop *loop, int n)
 	for (int i = 0; i < loop->freshlen; i++) {
 		int fd = loop->fresh[i];
 		if (fd < loop->wcap) {
-			loop->w[fd].flags &= (uint16_t)~W_FRESH;
+			loop->w[fd].flags &= (uint16_t)~(W_FRESH | W_GONE);
 			fast_update(loop, &loop->w[fd]);
 		}
 	}
@@ -746,7 +769,9 @@ void pxi_io_et_check(px_loop *loop)
 			if (ev & POLLOUT)
 				quiet = (rev & POLLOUT) ? quiet | W_QUIET_W : quiet & ~W_QUIET_W;
 			if (ev & POLLIN) {
-				bool at_eof = (rev & POLLIN) && (rev & (POLLRDHUP | POLLHUP | POLLERR)) &&
+				/* A socket at end of file is readable with RDHUP or
+				 * HUP; a pipe whose writers are gone reports HUP alone. */
+				bool at_eof = (rev & (POLLRDHUP | POLLHUP | POLLERR)) &&
 				              nothing_to_read(fd);
 				/* The end of file may have arrived after the callback
 				 * read EAGAIN: silence the side only once a callback
