@@ -1,3 +1,6 @@
+#ifdef HAVE_CONFIG_H
+#include <config.h> /* HAVE_EPOLL, HAVE_POLL: the backends this build has */
+#endif
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -237,6 +240,68 @@ long tu_raise_nofile(void)
 			getrlimit(RLIMIT_NOFILE, &rl);
 	}
 	return rl.rlim_cur == RLIM_INFINITY ? 1L << 20 : (long)rl.rlim_cur;
+}
+
+/* config.h's list, best first (the order of px_backends()). */
+static const char *const configured[] = {
+#ifdef HAVE_EPOLL
+	"epoll",
+#endif
+#ifdef HAVE_POLL
+	"poll",
+#endif
+	"select",
+	NULL,
+};
+
+const char *const *tu_configured_backends(void)
+{
+	/* make check exports configure's list as PX_BACKENDS: it must be the
+	 * list this program was compiled for (a stale build would test the
+	 * wrong expectations). */
+	const char *env = getenv("PX_BACKENDS");
+	if (env && *env) {
+		char want[64] = "";
+		size_t len = 0;
+		for (int i = 0; configured[i]; i++)
+			len += (size_t)snprintf(want + len, sizeof want - len, "%s%s", i ? " " : "",
+			                        configured[i]);
+		/* compare word by word (any run of blanks separates) */
+		const char *p = env;
+		int i = 0;
+		for (;; i++) {
+			while (*p == ' ' || *p == '\t')
+				p++;
+			size_t w = strcspn(p, " \t");
+			if (w == 0 || !configured[i]) {
+				if (w != 0 || configured[i])
+					fail_msg("PX_BACKENDS='%s' but config.h configured '%s'", env, want);
+				break;
+			}
+			if (strlen(configured[i]) != w || strncmp(p, configured[i], w) != 0)
+				fail_msg("PX_BACKENDS='%s' but config.h configured '%s'", env, want);
+			p += w;
+		}
+	}
+	return configured;
+}
+
+int tu_configured_count(void)
+{
+	const char *const *b = tu_configured_backends();
+	int n = 0;
+	while (b[n])
+		n++;
+	return n;
+}
+
+bool tu_configured(const char *name)
+{
+	const char *const *b = tu_configured_backends();
+	for (int i = 0; b[i]; i++)
+		if (strcmp(b[i], name) == 0)
+			return true;
+	return false;
 }
 
 px_loop *tu_loop(void)

@@ -1,8 +1,11 @@
 /* Helpers shared by the cmocka test programs (test_loop, test_io, test_timer).
  *
  * Every test program runs once per backend: `make check` sets POLLUX_BACKEND
- * to select, poll and epoll for separate runs, and most tests simply call
- * tu_loop() (px_loop_new) so they apply to the backend in the environment.
+ * to each backend configure found (epoll, poll, select, minus any that
+ * --disable-epoll / --disable-poll turned off) for separate runs, and most
+ * tests simply call tu_loop() (px_loop_new) so they apply to the backend in
+ * the environment.  Expectations about which backends exist come from
+ * tu_configured_backends(), never from the operating system's name.
  *
  * Every loop run is bounded: tests register a stop timer (tu_run_for) and
  * each test gets a fresh alarm() watchdog (TU_TEST), whose default action
@@ -90,6 +93,17 @@ void tu_nowait(px_loop *loop, int n);
 
 /* Backend tests. */
 bool tu_is(px_loop *loop, const char *backend);
+
+/* The backends this build was configured with (config.h: HAVE_EPOLL,
+ * HAVE_POLL; select always), best first, NULL-terminated: what the tests
+ * expect px_backends() to be.  Never "this is Linux, so all three": a build
+ * configured with --disable-epoll or --disable-poll has fewer.  When
+ * $PX_BACKENDS is set (make check exports configure's list) it must name the
+ * same backends in the same order, or the calling test fails. */
+const char *const *tu_configured_backends(void);
+int tu_configured_count(void);
+/* True when `name` ("epoll", "poll", "select") is one of them. */
+bool tu_configured(const char *name);
 
 /* A recorder of io callbacks: pass a struct tu_rec * as the watcher's arg, or
  * call tu_rec_add from your own callback. */
