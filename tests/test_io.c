@@ -407,8 +407,8 @@ static void test_et_read_drain(void **state)
 	char buf[100] = {0};
 	tu_send(sv[1], buf, sizeof buf);
 	assert_int_equal(px_io_add(loop, sv[0], PX_READ | PX_ET, et_read_cb, &c), 0);
-	struct tu_cpu cpu;
-	tu_cpu_begin(&cpu);
+	struct tu_idle idle;
+	tu_idle_begin(&idle);
 	assert_true(tu_run_for(loop, 150));
 	assert_int_equal(c.calls, 1);
 	assert_int_equal(c.rev[0], PX_READ);
@@ -417,14 +417,13 @@ static void test_et_read_drain(void **state)
 	assert_true(px_timer_add(loop, 30, 0, et_writer_timer, &c) > 0);
 	assert_true(px_timer_add(loop, 90, 0, et_writer_timer, &c) > 0);
 	assert_true(tu_run_for(loop, 200));
-	double f = tu_cpu_end(&cpu);
+	tu_idle_end(&idle);
 	assert_int_equal(c.calls, 3);
 	for (int i = 1; i < 3; i++) {
 		assert_int_equal(c.rev[i], PX_READ);
 		assert_int_equal(c.bytes[i], 10);
 	}
-	if (f >= 0.25)
-		fail_msg("ET read watcher: %.0f%% CPU", f * 100);
+	tu_idle_check(&idle, TU_IDLE_MAX_WAITS, true, "ET read watcher");
 	/* new data written outside the loop: notified again */
 	tu_send1(sv[1]);
 	assert_true(tu_run_for(loop, 50));
@@ -446,10 +445,10 @@ static void test_et_read_eof(void **state)
 	assert_int_equal(px_io_add(loop, sv[0], PX_READ | PX_ET, et_read_cb, &c), 0);
 	close(sv[1]);
 	sv[1] = -1;
-	struct tu_cpu cpu;
-	tu_cpu_begin(&cpu);
+	struct tu_idle idle;
+	tu_idle_begin(&idle);
 	assert_true(tu_run_for(loop, 500));
-	double f = tu_cpu_end(&cpu);
+	tu_idle_end(&idle);
 	/* select cannot see the hang-up: it reports the end of file once more
 	 * before treating the read side as finished (an end of file that came
 	 * after a callback's EAGAIN must not be missed). */
@@ -461,8 +460,7 @@ static void test_et_read_eof(void **state)
 		assert_int_equal(c.rev[i], PX_READ | hup(loop));
 		assert_int_equal(c.bytes[i], 0);
 	}
-	if (f >= 0.25)
-		fail_msg("ET watcher at EOF: %.0f%% CPU", f * 100);
+	tu_idle_check(&idle, TU_IDLE_MAX_WAITS, true, "ET watcher at EOF");
 	assert_int_equal(px_io_del(loop, sv[0]), 0);
 	px_loop_free(loop);
 	tu_close_pair(sv);
@@ -489,36 +487,33 @@ static void test_et_idle_writable_no_spin(void **state)
 	tu_socketpair(sv);
 	c.peer = sv[1];
 	assert_int_equal(px_io_add(loop, sv[0], PX_READ | PX_WRITE | PX_ET, et_rec_cb, &c), 0);
-	struct tu_cpu cpu;
-	tu_cpu_begin(&cpu);
+	struct tu_idle idle;
+	tu_idle_begin(&idle);
 	assert_true(tu_run_for(loop, 800));
-	double f = tu_cpu_end(&cpu);
+	tu_idle_end(&idle);
 	assert_int_equal(c.calls, 1);
 	assert_int_equal(c.rev[0], PX_WRITE);
-	if (f >= 0.25)
-		fail_msg("idle ET READ|WRITE watcher: %.0f%% CPU over 800 ms (spinning)", f * 100);
+	tu_idle_check(&idle, TU_IDLE_MAX_WAITS, true, "idle ET READ|WRITE watcher");
 	/* data arrives: one more notification, with PX_READ (PX_WRITE may come
 	 * along on epoll, which reports the whole ready mask on a new edge) */
 	assert_true(px_timer_add(loop, 20, 0, et_writer_timer, &c) > 0);
-	tu_cpu_begin(&cpu);
+	tu_idle_begin(&idle);
 	assert_true(tu_run_for(loop, 300));
-	f = tu_cpu_end(&cpu);
+	tu_idle_end(&idle);
 	assert_int_equal(c.calls, 2);
 	assert_true(c.rev[1] & PX_READ);
 	assert_int_equal(c.rev[1] & ~(PX_READ | PX_WRITE), 0);
 	assert_int_equal(c.bytes[1], 10);
-	if (f >= 0.25)
-		fail_msg("ET READ|WRITE watcher after a read: %.0f%% CPU", f * 100);
+	tu_idle_check(&idle, TU_IDLE_MAX_WAITS, true, "ET READ|WRITE watcher after a read");
 	/* px_io_mod to another ET mask resets the ET state (epoll: EPOLL_CTL_MOD
 	 * re-checks readiness): one new WRITE notification, then quiet again */
 	assert_int_equal(px_io_mod(loop, sv[0], PX_WRITE | PX_ET), 0);
-	tu_cpu_begin(&cpu);
+	tu_idle_begin(&idle);
 	assert_true(tu_run_for(loop, 300));
-	f = tu_cpu_end(&cpu);
+	tu_idle_end(&idle);
 	assert_int_equal(c.calls, 3);
 	assert_int_equal(c.rev[2], PX_WRITE);
-	if (f >= 0.25)
-		fail_msg("ET WRITE watcher after px_io_mod: %.0f%% CPU", f * 100);
+	tu_idle_check(&idle, TU_IDLE_MAX_WAITS, true, "ET WRITE watcher after px_io_mod");
 	/* the same mask again is a no-op on every backend (no system call on
 	 * epoll, no reset of the emulation on select and poll): nothing new */
 	assert_int_equal(px_io_mod(loop, sv[0], PX_WRITE | PX_ET), 0);
@@ -563,17 +558,16 @@ static void test_et_write_refill(void **state)
 	tu_socketpair(sv);
 	c.peer = sv[1];
 	assert_int_equal(px_io_add(loop, sv[0], PX_WRITE | PX_ET, et_write_cb, &c), 0);
-	struct tu_cpu cpu;
-	tu_cpu_begin(&cpu);
+	struct tu_idle idle;
+	tu_idle_begin(&idle);
 	assert_true(tu_run_for(loop, 500));
-	double f = tu_cpu_end(&cpu);
+	tu_idle_end(&idle);
 	assert_true(c.filled > 0);
 	assert_int_equal(c.drained, 1);
 	assert_int_equal(c.calls, 2);
 	assert_int_equal(c.rev[0], PX_WRITE);
 	assert_int_equal(c.rev[1], PX_WRITE);
-	if (f >= 0.25)
-		fail_msg("ET write watcher: %.0f%% CPU", f * 100);
+	tu_idle_check(&idle, TU_IDLE_MAX_WAITS, true, "ET write watcher");
 	assert_int_equal(px_io_del(loop, sv[0]), 0);
 	px_loop_free(loop);
 	tu_close_pair(sv);
@@ -1322,10 +1316,10 @@ static void closed_fd_case(unsigned events)
 	tu_socketpair(sv);
 	assert_int_equal(px_io_add(loop, sv[0], events, tu_rec_cb, r), 0);
 	close(sv[0]); /* without px_io_del; nothing may reuse the number now */
-	struct tu_cpu cpu;
-	tu_cpu_begin(&cpu);
+	struct tu_idle idle;
+	tu_idle_begin(&idle);
 	assert_true(tu_run_for(loop, 600));
-	double f = tu_cpu_end(&cpu);
+	tu_idle_end(&idle);
 	if (tu_is(loop, "epoll")) {
 		assert_int_equal(r->n, 0);
 	} else {
@@ -1334,8 +1328,7 @@ static void closed_fd_case(unsigned events)
 		assert_int_equal(r->fd[0], sv[0]);
 		assert_int_equal(r->rev[0], PX_ERR | (events & (PX_READ | PX_WRITE)));
 	}
-	if (f >= 0.25)
-		fail_msg("closed registered fd: %.0f%% CPU (spinning)", f * 100);
+	tu_idle_check(&idle, TU_IDLE_MAX_WAITS, true, "closed registered fd");
 	assert_int_equal(px_io_del(loop, sv[0]), 0);
 	assert_int_equal(px_io_del(loop, sv[0]), -ENOENT);
 	sv[0] = -1;

@@ -195,10 +195,10 @@ double tu_now_ms(void)
 
 double tu_cpu_ms(void)
 {
-	struct rusage ru;
-	getrusage(RUSAGE_SELF, &ru);
-	return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 +
-	       (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
+	struct timespec ts;
+	if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0)
+		fail_msg("clock_gettime(CLOCK_PROCESS_CPUTIME_ID): %s", strerror(errno));
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
 void tu_sleep_ms(unsigned ms)
@@ -208,19 +208,40 @@ void tu_sleep_ms(unsigned ms)
 		;
 }
 
-void tu_cpu_begin(struct tu_cpu *c)
+void tu_idle_begin(struct tu_idle *s)
 {
-	c->cpu0 = tu_cpu_ms();
-	c->wall0 = tu_now_ms();
+	s->waits0 = tu_wait_calls();
+	s->cpu0 = tu_cpu_ms();
+	s->wall0 = tu_now_ms();
+	s->waits = 0;
+	s->cpu_ms = s->wall_ms = 0;
 }
 
-double tu_cpu_end(struct tu_cpu *c)
+void tu_idle_end(struct tu_idle *s)
 {
-	double cpu = tu_cpu_ms() - c->cpu0;
-	double wall = tu_now_ms() - c->wall0;
-	if (wall <= 0)
-		wall = 1;
-	return cpu / wall;
+	s->cpu_ms = tu_cpu_ms() - s->cpu0;
+	s->wall_ms = tu_now_ms() - s->wall0;
+	s->waits = tu_wait_calls() - s->waits0;
+}
+
+void tu_idle_check(const struct tu_idle *s, long max_waits, bool check_cpu, const char *what)
+{
+	double ratio = s->wall_ms > 0 ? s->cpu_ms / s->wall_ms : 0;
+	print_message("idle? %s: %ld wait calls (max %ld), CPU %.1f ms in %.0f ms (%.1f%%%s)\n",
+	              what, s->waits, max_waits, s->cpu_ms, s->wall_ms, ratio * 100,
+	              check_cpu ? "" : ", not checked");
+	if (s->waits < 1)
+		fail_msg("%s: no wait call was counted: the interposer does not see the loop", what);
+	if (s->waits > max_waits)
+		fail_msg("%s: %ld wait calls in %.0f ms, at most %ld expected (spinning)", what,
+		         s->waits, s->wall_ms, max_waits);
+	if (check_cpu) {
+		if (s->wall_ms < 300)
+			fail_msg("%s: a %.0f ms window is too short for a CPU ratio", what, s->wall_ms);
+		if (ratio >= TU_IDLE_MAX_CPU)
+			fail_msg("%s: %.0f%% CPU (%.1f ms in %.0f ms; spinning)", what, ratio * 100,
+			         s->cpu_ms, s->wall_ms);
+	}
 }
 
 bool tu_valgrind(void)

@@ -62,16 +62,40 @@ int tu_list_fds(int *out, int cap);
 /* Clocks. */
 uint64_t tu_now_ns(void);   /* CLOCK_MONOTONIC */
 double tu_now_ms(void);
-double tu_cpu_ms(void);     /* getrusage(RUSAGE_SELF) user + sys */
+double tu_cpu_ms(void);     /* CPU time of the process (CLOCK_PROCESS_CPUTIME_ID) */
 void tu_sleep_ms(unsigned ms);
 
-/* CPU usage over a window. */
-struct tu_cpu {
+/* Wait system calls (epoll_wait, poll, select) the process has made: the
+ * loop's iterations and the select/poll PX_ET emulation's probes.  Counted
+ * by interposers in the executable: tests/waitcount.c, or tests/faultinj.c
+ * in the programs that link it. */
+long tu_wait_calls(void);
+
+/* Idle or spinning?  A window around a run of the loop counts its wait
+ * calls (deterministic: an idle loop makes a few per event or timer, a
+ * spinning one thousands per second, however loaded the machine is) and
+ * measures the process's CPU time against wall time (a spinning loop uses
+ * all the CPU it gets, an idle one a few per cent; on a loaded machine a
+ * spinner gets less than a whole core, so the ratio alone is not enough). */
+struct tu_idle {
+	long waits0;
 	double cpu0, wall0;
+	/* set by tu_idle_end */
+	long waits;
+	double cpu_ms, wall_ms;
 };
-void tu_cpu_begin(struct tu_cpu *c);
-/* CPU time / wall time since tu_cpu_begin. */
-double tu_cpu_end(struct tu_cpu *c);
+void tu_idle_begin(struct tu_idle *s);
+void tu_idle_end(struct tu_idle *s);
+/* Bounds for tu_idle_check: wait calls per window (the windows of the tests
+ * see at most a few dozen events and timers), and the CPU / wall ratio. */
+#define TU_IDLE_MAX_WAITS 50
+#define TU_IDLE_MAX_CPU 0.5
+/* Prints the window's figures and fails the test unless it was idle: at
+ * least one wait call (else the interposer did not see the loop, and the
+ * count would prove nothing), at most max_waits, and, when check_cpu, CPU
+ * time below TU_IDLE_MAX_CPU of the wall time (windows of 300 ms or more:
+ * shorter ones are too coarse for a ratio, and are refused). */
+void tu_idle_check(const struct tu_idle *s, long max_waits, bool check_cpu, const char *what);
 
 /* True when running under valgrind (everything is much slower). */
 bool tu_valgrind(void);
