@@ -143,8 +143,19 @@ static int decide(const struct fi_args *a)
 	return p->err;
 }
 
+/* Every wait of the process (never reset): tu_wait_calls() of testutil.h,
+ * which tests/waitcount.c provides in the programs without this file. */
+static long nwaits_total;
+
+long tu_wait_calls(void);
+long tu_wait_calls(void)
+{
+	return nwaits_total;
+}
+
 static void log_wait(enum fi_call c, int timeout_ms)
 {
+	nwaits_total++;
 	wlog[c][wlog_n[c] % FI_LOG] = timeout_ms;
 	wlog_n[c]++;
 }

@@ -1,3 +1,6 @@
+#ifdef HAVE_CONFIG_H
+#include <config.h> /* HAVE_EPOLL, HAVE_POLL: the backends this build has */
+#endif
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -193,10 +196,10 @@ double tu_now_ms(void)
 
 double tu_cpu_ms(void)
 {
-	struct rusage ru;
-	getrusage(RUSAGE_SELF, &ru);
-	return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 +
-	       (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
+	struct timespec ts;
+	if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0)
+		fail_msg("clock_gettime(CLOCK_PROCESS_CPUTIME_ID): %s", strerror(errno));
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
 void tu_sleep_ms(unsigned ms)
@@ -206,19 +209,40 @@ void tu_sleep_ms(unsigned ms)
 		;
 }
 
-void tu_cpu_begin(struct tu_cpu *c)
+void tu_idle_begin(struct tu_idle *s)
 {
-	c->cpu0 = tu_cpu_ms();
-	c->wall0 = tu_now_ms();
+	s->waits0 = tu_wait_calls();
+	s->cpu0 = tu_cpu_ms();
+	s->wall0 = tu_now_ms();
+	s->waits = 0;
+	s->cpu_ms = s->wall_ms = 0;
 }
 
-double tu_cpu_end(struct tu_cpu *c)
+void tu_idle_end(struct tu_idle *s)
 {
-	double cpu = tu_cpu_ms() - c->cpu0;
-	double wall = tu_now_ms() - c->wall0;
-	if (wall <= 0)
-		wall = 1;
-	return cpu / wall;
+	s->cpu_ms = tu_cpu_ms() - s->cpu0;
+	s->wall_ms = tu_now_ms() - s->wall0;
+	s->waits = tu_wait_calls() - s->waits0;
+}
+
+void tu_idle_check(const struct tu_idle *s, long max_waits, bool check_cpu, const char *what)
+{
+	double ratio = s->wall_ms > 0 ? s->cpu_ms / s->wall_ms : 0;
+	print_message("idle? %s: %ld wait calls (max %ld), CPU %.1f ms in %.0f ms (%.1f%%%s)\n",
+	              what, s->waits, max_waits, s->cpu_ms, s->wall_ms, ratio * 100,
+	              check_cpu ? "" : ", not checked");
+	if (s->waits < 1)
+		fail_msg("%s: no wait call was counted: the interposer does not see the loop", what);
+	if (s->waits > max_waits)
+		fail_msg("%s: %ld wait calls in %.0f ms, at most %ld expected (spinning)", what,
+		         s->waits, s->wall_ms, max_waits);
+	if (check_cpu) {
+		if (s->wall_ms < 300)
+			fail_msg("%s: a %.0f ms window is too short for a CPU ratio", what, s->wall_ms);
+		if (ratio >= TU_IDLE_MAX_CPU)
+			fail_msg("%s: %.0f%% CPU (%.1f ms in %.0f ms; spinning)", what, ratio * 100,
+			         s->cpu_ms, s->wall_ms);
+	}
 }
 
 bool tu_valgrind(void)
@@ -238,6 +262,68 @@ long tu_raise_nofile(void)
 			getrlimit(RLIMIT_NOFILE, &rl);
 	}
 	return rl.rlim_cur == RLIM_INFINITY ? 1L << 20 : (long)rl.rlim_cur;
+}
+
+/* config.h's list, best first (the order of px_backends()). */
+static const char *const configured[] = {
+#ifdef HAVE_EPOLL
+	"epoll",
+#endif
+#ifdef HAVE_POLL
+	"poll",
+#endif
+	"select",
+	NULL,
+};
+
+const char *const *tu_configured_backends(void)
+{
+	/* make check exports configure's list as PX_BACKENDS: it must be the
+	 * list this program was compiled for (a stale build would test the
+	 * wrong expectations). */
+	const char *env = getenv("PX_BACKENDS");
+	if (env && *env) {
+		char want[64] = "";
+		size_t len = 0;
+		for (int i = 0; configured[i]; i++)
+			len += (size_t)snprintf(want + len, sizeof want - len, "%s%s", i ? " " : "",
+			                        configured[i]);
+		/* compare word by word (any run of blanks separates) */
+		const char *p = env;
+		int i = 0;
+		for (;; i++) {
+			while (*p == ' ' || *p == '\t')
+				p++;
+			size_t w = strcspn(p, " \t");
+			if (w == 0 || !configured[i]) {
+				if (w != 0 || configured[i])
+					fail_msg("PX_BACKENDS='%s' but config.h configured '%s'", env, want);
+				break;
+			}
+			if (strlen(configured[i]) != w || strncmp(p, configured[i], w) != 0)
+				fail_msg("PX_BACKENDS='%s' but config.h configured '%s'", env, want);
+			p += w;
+		}
+	}
+	return configured;
+}
+
+int tu_configured_count(void)
+{
+	const char *const *b = tu_configured_backends();
+	int n = 0;
+	while (b[n])
+		n++;
+	return n;
+}
+
+bool tu_configured(const char *name)
+{
+	const char *const *b = tu_configured_backends();
+	for (int i = 0; b[i]; i++)
+		if (strcmp(b[i], name) == 0)
+			return true;
+	return false;
 }
 
 px_loop *tu_loop(void)

@@ -1,8 +1,11 @@
 /* Helpers shared by the cmocka test programs (test_loop, test_io, test_timer).
  *
  * Every test program runs once per backend: `make check` sets POLLUX_BACKEND
- * to select, poll and epoll for separate runs, and most tests simply call
- * tu_loop() (px_loop_new) so they apply to the backend in the environment.
+ * to each backend configure found (epoll, poll, select, minus any that
+ * --disable-epoll / --disable-poll turned off) for separate runs, and most
+ * tests simply call tu_loop() (px_loop_new) so they apply to the backend in
+ * the environment.  Expectations about which backends exist come from
+ * tu_configured_backends(), never from the operating system's name.
  *
  * Every loop run is bounded: tests register a stop timer (tu_run_for) and
  * each test gets a fresh alarm() watchdog (TU_TEST), whose default action
@@ -59,16 +62,40 @@ int tu_list_fds(int *out, int cap);
 /* Clocks. */
 uint64_t tu_now_ns(void);   /* CLOCK_MONOTONIC */
 double tu_now_ms(void);
-double tu_cpu_ms(void);     /* getrusage(RUSAGE_SELF) user + sys */
+double tu_cpu_ms(void);     /* CPU time of the process (CLOCK_PROCESS_CPUTIME_ID) */
 void tu_sleep_ms(unsigned ms);
 
-/* CPU usage over a window. */
-struct tu_cpu {
+/* Wait system calls (epoll_wait, poll, select) the process has made: the
+ * loop's iterations and the select/poll PX_ET emulation's probes.  Counted
+ * by interposers in the executable: tests/waitcount.c, or tests/faultinj.c
+ * in the programs that link it. */
+long tu_wait_calls(void);
+
+/* Idle or spinning?  A window around a run of the loop counts its wait
+ * calls (deterministic: an idle loop makes a few per event or timer, a
+ * spinning one thousands per second, however loaded the machine is) and
+ * measures the process's CPU time against wall time (a spinning loop uses
+ * all the CPU it gets, an idle one a few per cent; on a loaded machine a
+ * spinner gets less than a whole core, so the ratio alone is not enough). */
+struct tu_idle {
+	long waits0;
 	double cpu0, wall0;
+	/* set by tu_idle_end */
+	long waits;
+	double cpu_ms, wall_ms;
 };
-void tu_cpu_begin(struct tu_cpu *c);
-/* CPU time / wall time since tu_cpu_begin. */
-double tu_cpu_end(struct tu_cpu *c);
+void tu_idle_begin(struct tu_idle *s);
+void tu_idle_end(struct tu_idle *s);
+/* Bounds for tu_idle_check: wait calls per window (the windows of the tests
+ * see at most a few dozen events and timers), and the CPU / wall ratio. */
+#define TU_IDLE_MAX_WAITS 50
+#define TU_IDLE_MAX_CPU 0.5
+/* Prints the window's figures and fails the test unless it was idle: at
+ * least one wait call (else the interposer did not see the loop, and the
+ * count would prove nothing), at most max_waits, and, when check_cpu, CPU
+ * time below TU_IDLE_MAX_CPU of the wall time (windows of 300 ms or more:
+ * shorter ones are too coarse for a ratio, and are refused). */
+void tu_idle_check(const struct tu_idle *s, long max_waits, bool check_cpu, const char *what);
 
 /* True when running under valgrind (everything is much slower). */
 bool tu_valgrind(void);
@@ -90,6 +117,17 @@ void tu_nowait(px_loop *loop, int n);
 
 /* Backend tests. */
 bool tu_is(px_loop *loop, const char *backend);
+
+/* The backends this build was configured with (config.h: HAVE_EPOLL,
+ * HAVE_POLL; select always), best first, NULL-terminated: what the tests
+ * expect px_backends() to be.  Never "this is Linux, so all three": a build
+ * configured with --disable-epoll or --disable-poll has fewer.  When
+ * $PX_BACKENDS is set (make check exports configure's list) it must name the
+ * same backends in the same order, or the calling test fails. */
+const char *const *tu_configured_backends(void);
+int tu_configured_count(void);
+/* True when `name` ("epoll", "poll", "select") is one of them. */
+bool tu_configured(const char *name);
 
 /* A recorder of io callbacks: pass a struct tu_rec * as the watcher's arg, or
  * call tu_rec_add from your own callback. */

@@ -1,0 +1,81 @@
+/* waitcount: counts the wait system calls of the process, for the test
+ * programs that do not link faultinj.c (which counts them itself and
+ * provides tu_wait_calls() there).
+ *
+ * Defines epoll_wait, poll (and __poll_chk, what a _FORTIFY_SOURCE build of
+ * the library calls instead) and select in the test executable; like
+ * faultinj.c's wrappers, they take precedence over libc's for libpollux.so
+ * too, count the call and forward to the real function found with
+ * dlsym(RTLD_NEXT).  tu_wait_calls() (testutil.h) is the total.  A loop's
+ * iterations each make one wait, and the select/poll PX_ET emulation's
+ * probe is a poll(..., 0): counting them tells an idle loop (a few calls per
+ * event or timer) from a spinning one (thousands per second) however busy
+ * the machine is, which CPU-time ratios cannot do on their own.
+ *
+ * Not thread-safe: the pollux tests are single-threaded. */
+#ifdef HAVE_CONFIG_H
+#include <config.h>
+#endif
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "testutil.h"
+
+#include <dlfcn.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <sys/select.h>
+#ifdef HAVE_SYS_EPOLL_H
+#include <sys/epoll.h>
+#endif
+
+static long nwaits;
+
+long tu_wait_calls(void)
+{
+	return nwaits;
+}
+
+#define REAL(type, name)                                                          \
+	static type real_##name;                                                  \
+	if (!real_##name) {                                                       \
+		real_##name = (type)dlsym(RTLD_NEXT, #name);                      \
+		if (!real_##name)                                                 \
+			abort();                                                  \
+	}
+
+typedef int poll_fn(struct pollfd *, nfds_t, int);
+typedef int select_fn(int, fd_set *, fd_set *, fd_set *, struct timeval *);
+
+#ifdef HAVE_SYS_EPOLL_H
+typedef int epoll_wait_fn(int, struct epoll_event *, int, int);
+
+int epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout)
+{
+	REAL(epoll_wait_fn *, epoll_wait);
+	nwaits++;
+	return real_epoll_wait(epfd, events, maxevents, timeout);
+}
+#endif
+
+int poll(struct pollfd *fds, nfds_t nfds, int timeout)
+{
+	REAL(poll_fn *, poll);
+	nwaits++;
+	return real_poll(fds, nfds, timeout);
+}
+
+int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size_t fdslen);
+int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size_t fdslen)
+{
+	if (fdslen / sizeof(*fds) < nfds)
+		abort();
+	return poll(fds, nfds, timeout);
+}
+
+int select(int nfds, fd_set *rd, fd_set *wr, fd_set *ex, struct timeval *tv)
+{
+	REAL(select_fn *, select);
+	nwaits++;
+	return real_select(nfds, rd, wr, ex, tv);
+}
