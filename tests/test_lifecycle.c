@@ -196,6 +196,21 @@ static int readable_watcher(px_loop *loop, int *n, struct tu_rec *r)
 	return peer;
 }
 
+/* PX_RUN_ONCE iterations until a timer of ms fires (at most 20): 1 when
+ * nothing else wakes the loop. */
+static int iterations_until_timer(px_loop *loop, unsigned ms)
+{
+	int fired = 0, iters = 0;
+
+	assert_true(px_timer_add(loop, ms, 0, tu_count_timer_cb, &fired) > 0);
+	while (!fired && iters < 20) {
+		assert_int_equal(px_loop_run(loop, PX_RUN_ONCE), 0);
+		iters++;
+	}
+	assert_int_equal(fired, 1);
+	return iters;
+}
+
 /* ---- 1. deleted + closed fd with a live dup: silent for the new file ----- */
 
 #define REUSE_ITERS 50
@@ -293,21 +308,16 @@ static void test_deleted_dup_fd_no_early_wakeup(void **state)
 		px_loop *loop = tu_loop();
 		struct tu_rec *r = calloc(1, sizeof *r);
 		struct holder h;
-		int n, fired = 0, iters = 0;
+		int n;
 
 		assert_non_null(r);
 		int peer = readable_watcher(loop, &n, r);
 		hold_start(&h, (enum hold_kind)hk, n);
 		assert_int_equal(px_io_del(loop, n), 0);
 		close(n);
-		assert_true(px_timer_add(loop, 50, 0, tu_count_timer_cb, &fired) > 0);
 		/* PX_RUN_ONCE waits for an event or a due timer: nothing but
 		 * the timer is registered, so one iteration is the timer's. */
-		while (!fired && iters < 20) {
-			assert_int_equal(px_loop_run(loop, PX_RUN_ONCE), 0);
-			iters++;
-		}
-		assert_int_equal(fired, 1);
+		int iters = iterations_until_timer(loop, 50);
 		assert_int_equal(r->n, 1); /* no io callback after px_io_del */
 		if (iters != 1) {
 			printf("# %s: %d PX_RUN_ONCE iterations before the 50 ms timer fired "
@@ -363,13 +373,7 @@ static void closed_before_del(enum hold_kind hk, bool reuse_at_once)
 		tu_nowait(loop, 20);
 		assert_int_equal(r2->n, 0);
 	} else {
-		int fired = 0, iters = 0;
-		assert_true(px_timer_add(loop, 30, 0, tu_count_timer_cb, &fired) > 0);
-		while (!fired && iters < 20) {
-			assert_int_equal(px_loop_run(loop, PX_RUN_ONCE), 0);
-			iters++;
-		}
-		assert_int_equal(fired, 1);
+		int iters = iterations_until_timer(loop, 30);
 		/* The lost registration may wake one wait, which replaces the
 		 * set (the loop's own fd may then take any free number). */
 		if (iters > 2)
@@ -496,13 +500,7 @@ static void test_io_close_copy_alive(void **state)
 		assert_int_equal(nfd, n);
 		assert_int_equal(px_io_add(loop, n, PX_READ | (hk == HOLD_FORK ? PX_ET : 0u),
 		                           tu_rec_cb, r2), 0);
-		int fired = 0, iters = 0;
-		assert_true(px_timer_add(loop, 30, 0, tu_count_timer_cb, &fired) > 0);
-		while (!fired && iters < 20) {
-			assert_int_equal(px_loop_run(loop, PX_RUN_ONCE), 0);
-			iters++;
-		}
-		assert_int_equal(fired, 1);
+		int iters = iterations_until_timer(loop, 30);
 		if (iters > 2)
 			fail_msg("%s: %d iterations before a 30 ms timer: the loop spins on a "
 			         "lost registration", hold_name[hk], iters);

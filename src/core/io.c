@@ -401,26 +401,31 @@ static void io_drop(px_loop *loop, int fd, enum drop how)
 		owner->release(loop, fd, owner);
 }
 
-int px_io_del(px_loop *loop, int fd)
+/* The argument checks of px_io_del and px_io_close. */
+static int check_registered(const px_loop *loop, int fd)
 {
 	if (!loop)
 		return -EINVAL;
 	if (fd < 0)
 		return -EBADF;
-	if (!pxi_io_get(loop, fd))
-		return -ENOENT;
-	io_drop(loop, fd, DROP_DEL);
-	return 0;
+	return pxi_io_get(loop, fd) ? 0 : -ENOENT;
+}
+
+int px_io_del(px_loop *loop, int fd)
+{
+	int rc = check_registered(loop, fd);
+
+	if (rc == 0)
+		io_drop(loop, fd, DROP_DEL);
+	return rc;
 }
 
 int px_io_close(px_loop *loop, int fd)
 {
-	if (!loop)
-		return -EINVAL;
-	if (fd < 0)
-		return -EBADF;
-	if (!pxi_io_get(loop, fd))
-		return -ENOENT;
+	int rc = check_registered(loop, fd);
+
+	if (rc < 0)
+		return rc;
 	io_drop(loop, fd, DROP_CLOSE);
 	/* Linux closes the fd even when close() is interrupted. */
 	return close(fd) < 0 && errno != EINTR ? -errno : 0;
