@@ -28,6 +28,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,7 +120,9 @@ static void hold_start(struct holder *h, enum hold_kind kind, int fd)
 			close(p[1]);
 			while (read(p[0], &c, 1) < 0 && errno == EINTR)
 				;
-			_exit(0);
+			/* Not _exit: under valgrind the child's exit would check
+			 * the parent's heap for leaks, and fail on them. */
+			raise(SIGKILL);
 		}
 		close(p[0]);
 		h->fd = p[1];
@@ -134,7 +137,7 @@ static void hold_end(struct holder *h)
 	if (h->pid > 0) {
 		int st;
 		assert_int_equal(waitpid(h->pid, &st, 0), h->pid);
-		assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+		assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL); /* its normal end */
 	}
 }
 

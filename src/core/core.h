@@ -57,7 +57,7 @@ struct pxi_watch {
 };
 
 /* The table is indexed by fd and every watcher pays for its slack. */
-_Static_assert(sizeof(struct pxi_watch) <= 3 * sizeof(void *), "a watcher stays small");
+_Static_assert(sizeof(struct pxi_watch) <= 2 * sizeof(void *) + 8, "a watcher stays small");
 
 struct pxi_timer_slot; /* timer.c */
 struct pxi_heap_node;  /* timer.c */
