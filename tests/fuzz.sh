@@ -28,10 +28,16 @@ cfg="$dir/cfg/config.h"
 	[ -e /usr/include/sys/epoll.h ] && echo '#define HAVE_EPOLL 1'
 	[ -e /usr/include/poll.h ] && echo '#define HAVE_POLL 1'
 	echo '#define HAVE_ACCEPT4 1'
+	# what configure finds on Linux (src/core/compat.h)
+	echo '#define HAVE_DECL_POLLRDHUP 1'
+	echo '#define HAVE_DECL_SOCK_NONBLOCK 1'
+	echo '#define HAVE_DECL_SOCK_CLOEXEC 1'
+	echo '#define HAVE_DECL_MSG_NOSIGNAL 1'
+	echo '#define HAVE_BUILTIN_BITS 1'
 	echo '#define PX_INVARIANTS 1' # the loop's invariants, checked after every iteration
 } > "$cfg"
 
-srcs="$lib/src/core/loop.c $lib/src/core/io.c $lib/src/core/timer.c $lib/src/core/clock.c $lib/src/core/check.c"
+srcs="$lib/src/core/loop.c $lib/src/core/io.c $lib/src/core/timer.c $lib/src/core/clock.c $lib/src/core/check.c $lib/src/core/compat.c"
 for b in select poll epoll; do
 	if [ -f "$lib/src/backend/$b.c" ]; then srcs="$srcs $lib/src/backend/$b.c"; fi
 done

@@ -70,7 +70,7 @@ static uint32_t ep_mask(unsigned k)
 	uint32_t m = 0;
 
 	if (k & PX_READ)
-		m |= EPOLLIN | EPOLLRDHUP;
+		m |= EPOLLIN | PXR_RDHUP;
 	if (k & PX_WRITE)
 		m |= EPOLLOUT;
 	if (k & PX_ET)
@@ -136,7 +136,7 @@ static int ep_count(void *p)
 }
 
 _Static_assert(EPOLLIN == PXR_IN && EPOLLOUT == PXR_OUT && EPOLLERR == PXR_ERR &&
-                   EPOLLHUP == PXR_HUP && EPOLLRDHUP == PXR_RDHUP,
+                   EPOLLHUP == PXR_HUP && (!PXC_RDHUP || EPOLLRDHUP == PXR_RDHUP),
                "epoll's bits are the core's");
 
 static int ep_wait(void *p, int timeout_ms, pxi_event *ev, int cap)

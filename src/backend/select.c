@@ -10,17 +10,30 @@
 
 #include "pollux.h"
 #include "backend.h"
+#include "compat.h"
 
 /* fd_set is a fixed FD_SETSIZE bits and FD_SET beyond it is undefined, so the
  * sets here are our own word arrays, grown with the highest fd, in the
  * kernel's layout (bit fd % BITS of word fd / BITS).  select() takes any nfds
  * the process's fd table allows. */
 
-#define BITS (CHAR_BIT * sizeof(unsigned long))
+/* The system's fd_mask, as an unsigned type: select() reads the sets in its
+ * layout (bit fd % BITS of word fd / BITS), which on a big-endian system
+ * depends on the word's size. */
+#if SIZEOF_FD_MASK == 4
+typedef uint32_t word;
+#elif SIZEOF_FD_MASK == 8
+typedef uint64_t word;
+#else
+typedef unsigned long word;
+#endif
+_Static_assert(sizeof(word) <= sizeof(unsigned long long), "bit counts fit");
+
+#define BITS (CHAR_BIT * sizeof(word))
 
 struct select_state {
-	unsigned long *rd, *wr;   /* interest */
-	unsigned long *ord, *owr; /* the copy select() overwrites */
+	word *rd, *wr;   /* interest */
+	word *ord, *owr; /* the copy select() overwrites */
 	size_t words;
 	int maxfd;    /* -1 when empty */
 	int held;     /* fds in the sets */
@@ -47,14 +60,14 @@ static void sel_destroy(void *p)
 	free(st);
 }
 
-static bool bit(const unsigned long *set, int fd)
+static bool bit(const word *set, int fd)
 {
 	return set[(size_t)fd / BITS] >> ((size_t)fd % BITS) & 1u;
 }
 
-static void put(unsigned long *set, int fd, bool on)
+static void put(word *set, int fd, bool on)
 {
-	unsigned long m = 1ul << ((size_t)fd % BITS);
+	word m = (word)1 << ((size_t)fd % BITS);
 
 	if (on)
 		set[(size_t)fd / BITS] |= m;
@@ -71,12 +84,12 @@ static int sel_grow(struct select_state *st, int fd)
 	size_t words = st->words ? st->words : FD_SETSIZE / BITS;
 	while (words < need)
 		words *= 2;
-	unsigned long **sets[] = { &st->rd, &st->wr, &st->ord, &st->owr };
+	word **sets[] = { &st->rd, &st->wr, &st->ord, &st->owr };
 	for (size_t i = 0; i < 4; i++) {
-		unsigned long *s = realloc(*sets[i], words * sizeof(unsigned long));
+		word *s = realloc(*sets[i], words * sizeof(word));
 		if (!s)
 			return -ENOMEM; /* the sets grown so far stay valid and larger */
-		memset(s + st->words, 0, (words - st->words) * sizeof(unsigned long));
+		memset(s + st->words, 0, (words - st->words) * sizeof(word));
 		*sets[i] = s;
 	}
 	st->words = words;
@@ -94,6 +107,11 @@ static int sel_ctl(void *p, int fd, unsigned oldk, unsigned newk, unsigned tag)
 	struct select_state *st = p;
 
 	(void)tag; /* nothing outlives its number here */
+#ifdef PX_SELECT_LIMIT
+	/* This system's select() refuses sets beyond FD_SETSIZE. */
+	if (newk && fd >= FD_SETSIZE)
+		return -ERANGE;
+#endif
 	/* select() checks nothing until it waits (then EBADF for the whole
 	 * set): say now, as epoll_ctl does, that the fd is not open. */
 	if (!oldk && newk && fcntl(fd, F_GETFD) < 0)
@@ -151,8 +169,8 @@ static int sel_select(struct select_state *st, struct timeval *tvp)
 
 	if (nfds > 0) {
 		size_t words = ((size_t)nfds + BITS - 1) / BITS;
-		memcpy(st->ord, st->rd, words * sizeof(unsigned long));
-		memcpy(st->owr, st->wr, words * sizeof(unsigned long));
+		memcpy(st->ord, st->rd, words * sizeof(word));
+		memcpy(st->owr, st->wr, words * sizeof(word));
 	}
 	return select(nfds, nfds ? (fd_set *)st->ord : NULL, nfds ? (fd_set *)st->owr : NULL,
 	              NULL, tvp);
@@ -189,15 +207,15 @@ static int sel_wait(void *p, int timeout_ms, pxi_event *ev, int cap)
 	size_t words = ((size_t)st->maxfd + BITS) / BITS;
 	size_t w = st->start < words ? st->start : 0;
 	for (size_t seen = 0; seen < words && rc > 0; seen++, w = w + 1 < words ? w + 1 : 0) {
-		unsigned long any = st->ord[w] | st->owr[w];
+		word any = st->ord[w] | st->owr[w];
 		if (!any)
 			continue;
-		if (out + __builtin_popcountl(any) > cap) {
+		if (out + pxi_popcount(any) > cap) {
 			st->start = w; /* this word does not fit: next time */
 			break;
 		}
 		while (any) {
-			int bitno = __builtin_ctzl(any);
+			int bitno = pxi_ctz(any);
 			any &= any - 1;
 			int fd = (int)(w * BITS) + bitno;
 			unsigned r = (bit(st->ord, fd) ? PXR_IN : 0) | (bit(st->owr, fd) ? PXR_OUT : 0);

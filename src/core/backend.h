@@ -4,9 +4,12 @@
 #ifndef PX_BACKEND_H
 #define PX_BACKEND_H
 
+#include <poll.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "compat.h"
 
 /* Kernel masks passed to ctl: PX_READ | PX_WRITE, plus PX_ET / PX_ONESHOT only
  * for backends that do them in the kernel (kmodes).  0 means "no interest".
@@ -26,14 +29,21 @@
 #define PXK_LOST 0x80u
 
 /* Ready bits, as a backend reports them, have the values of poll() and
- * epoll (the same on Linux, and checked by the poll and epoll backends), so
- * that epoll's results are used as they come. */
+ * epoll (the same on every system for these five, and checked by the poll and
+ * epoll backends), so that epoll's results are used as they come. */
 #define PXR_IN    0x001u
 #define PXR_OUT   0x004u
 #define PXR_ERR   0x008u
 #define PXR_HUP   0x010u
 #define PXR_NVAL  0x020u /* the fd was closed: the core reports it once, disarms it */
-#define PXR_RDHUP 0x2000u
+/* The peer shut down writing: poll's own value where it has one (Linux
+ * 0x2000, FreeBSD 0x4000, where 0x2000 is POLLINIGNEOF); 0 where there is
+ * none (macOS), and then nobody asks for it. */
+#if PXC_RDHUP
+#define PXR_RDHUP ((unsigned)POLLRDHUP)
+#else
+#define PXR_RDHUP 0u
+#endif
 
 /* One ready fd.  With epoll this is struct epoll_event itself, filled by the
  * kernel; the other backends fill the same layout. */

@@ -7,6 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#ifdef HAVE_SYS_FILIO_H
+#include <sys/filio.h> /* FIONREAD on illumos */
+#endif
 #include <unistd.h>
 
 #include "core.h"
@@ -751,7 +754,7 @@ void pxi_io_et_check(px_loop *loop)
 		}
 		short pev = 0;
 		if (dirs & PX_READ)
-			pev |= POLLIN | POLLRDHUP;
+			pev |= (short)(POLLIN | PXR_RDHUP);
 		if (dirs & PX_WRITE)
 			pev |= POLLOUT;
 		loop->etpfd[n++] = (struct pollfd){ .fd = fd, .events = pev };
@@ -775,9 +778,14 @@ void pxi_io_et_check(px_loop *loop)
 				quiet = (rev & POLLOUT) ? quiet | W_QUIET_W : quiet & ~W_QUIET_W;
 			if (ev & POLLIN) {
 				/* A socket at end of file is readable with RDHUP or
-				 * HUP; a pipe whose writers are gone reports HUP alone. */
-				bool at_eof = (rev & (POLLRDHUP | POLLHUP | POLLERR)) &&
-				              nothing_to_read(fd);
+				 * HUP; a pipe whose writers are gone reports HUP alone.
+				 * Where poll has no RDHUP, a readable stream socket
+				 * with nothing to read is at end of file if a peek
+				 * says so. */
+				bool at_eof = (rev & (PXR_RDHUP | POLLHUP | POLLERR))
+				                  ? nothing_to_read(fd)
+				                  : !PXC_RDHUP && (rev & POLLIN) && nothing_to_read(fd) &&
+				                        pxi_peek_eof(fd);
 				/* The end of file may have arrived after the callback
 				 * read EAGAIN: silence the side only once a callback
 				 * has run while it was there (one more callback at

@@ -16,7 +16,7 @@
  *    copied twice and appending is O(len).  A big send copies only what the
  *    kernel did not take at once.
  *  - Flushing gathers up to IOV_MAX_FLUSH chunks into one
- *    sendmsg(MSG_NOSIGNAL | MSG_DONTWAIT) and repeats until the kernel says
+ *    sendmsg(MSG_DONTWAIT, never raising SIGPIPE: compat.h) and repeats until the kernel says
  *    EAGAIN or the queue is empty (drain to EAGAIN: correct under edge
  *    triggering too).  The library's write interest (pxi_io_lib_write) is on
  *    exactly while the queue holds bytes.
@@ -62,9 +62,10 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include "compat.h"
 #include "core.h"
 
-#define SEND_FLAGS    (MSG_NOSIGNAL | MSG_DONTWAIT)
+#define SEND_FLAGS    MSG_DONTWAIT /* pxi_send(msg) adds what keeps SIGPIPE away */
 #define IOV_MAX_FLUSH 64
 /* A new chunk holds at least this much (header included: 16 KiB mallocs). */
 #define CHUNK_ALLOC   16384u
@@ -212,6 +213,11 @@ static int queue_get(px_loop *loop, int fd, struct pxi_sendq **out, bool probe)
 		int rc;
 		if (probe && (rc = queue_learn_type(fd, &probed)) < 0)
 			return rc;
+		/* SO_NOSIGPIPE where that is how SIGPIPE is avoided: once per
+		 * socket, before its first send. */
+		rc = pxi_nosigpipe(fd);
+		if (rc < 0 && rc != -ENOTSOCK)
+			return rc;
 		q = calloc(1, sizeof(*q));
 		if (!q)
 			return -ENOMEM;
@@ -324,7 +330,7 @@ int px_send(px_loop *loop, int fd, const void *buf, size_t len)
 	struct chunk *c = chunk_take(loop, q, len);
 	if (!c)
 		return -ENOMEM;
-	ssize_t n = send(fd, buf, len, SEND_FLAGS);
+	ssize_t n = pxi_send(fd, buf, len, SEND_FLAGS);
 	if (n < 0) {
 		int e = errno;
 		if (!not_now(e)) {
@@ -406,7 +412,7 @@ static int queue_write(int fd, struct pxi_sendq *q)
 				break; /* one message per sendmsg */
 		}
 		struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)n };
-		ssize_t sent = sendmsg(fd, &msg, SEND_FLAGS);
+		ssize_t sent = pxi_sendmsg(fd, &msg, SEND_FLAGS);
 		if (sent < 0) {
 			if (errno == EINTR)
 				continue;

@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "compat.h"
 #include "core.h"
 
 /* Robust accept, and accepting inside the loop. */
@@ -43,16 +44,13 @@ static bool retry_accept(int err)
 /* accept + O_NONBLOCK + FD_CLOEXEC, without accept4. */
 static int accept_plain(int lfd, struct sockaddr *sa, socklen_t *salen)
 {
-	int fd = accept(lfd, sa, salen);
+	int fd = accept(lfd, sa, salen), rc;
 
 	if (fd < 0)
 		return -1;
-	int fl = fcntl(fd, F_GETFL);
-	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ||
-	    fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
-		int err = errno;
+	if ((rc = pxi_fd_flags(fd, true)) < 0) {
 		close(fd);
-		errno = err;
+		errno = -rc;
 		return -1;
 	}
 	return fd;
@@ -70,7 +68,7 @@ int px_accept(int listen_fd, struct sockaddr *sa, socklen_t *salen)
 		int fd;
 		if (salen)
 			*salen = len0;
-#ifdef HAVE_ACCEPT4
+#if defined(HAVE_ACCEPT4) && PXC_SOCK_FLAGS
 		fd = accept4(listen_fd, sa, salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0 && errno == ENOSYS)
 			fd = accept_plain(listen_fd, sa, salen);

@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "compat.h"
 #include "core.h"
 
 /* TCP conveniences: a listening socket and a connected client socket. */
@@ -65,11 +66,11 @@ static int resolve(const char *host, uint16_t port, int flags, struct addrinfo *
 /* socket + options + bind + listen for one address; fd or -errno. */
 static int listen_on(const struct sockaddr *sa, socklen_t salen, int backlog, bool dual)
 {
-	int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+	int fd = pxi_socket(sa->sa_family, SOCK_STREAM, IPPROTO_TCP, true);
 	int one = 1, zero = 0, err;
 
 	if (fd < 0)
-		return -errno;
+		return fd;
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
 		goto fail;
 	if (dual && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero)) < 0)
@@ -164,9 +165,9 @@ int px_connect_tcp(const char *host, uint16_t port, int timeout_ms)
 			uint64_t ms = left / 1000000u + (left % 1000000u != 0);
 			left_ms = ms > INT32_MAX ? INT32_MAX : (int)ms;
 		}
-		int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+		int fd = pxi_socket(ai->ai_family, SOCK_STREAM, IPPROTO_TCP, false);
 		if (fd < 0) {
-			rc = -errno;
+			rc = fd;
 			continue;
 		}
 		tried = true;
