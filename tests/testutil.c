@@ -450,3 +450,23 @@ int tu_free_fd(int from)
 		fd++;
 	return fd;
 }
+
+bool tu_sees_rdhup(px_loop *loop)
+{
+#if defined(HAVE_DECL_POLLRDHUP) && HAVE_DECL_POLLRDHUP
+	return !tu_is(loop, "select");
+#else
+	(void)loop;
+	return false;
+#endif
+}
+
+bool tu_uses_accept4(void)
+{
+#if defined(HAVE_ACCEPT4) && defined(HAVE_DECL_SOCK_NONBLOCK) && HAVE_DECL_SOCK_NONBLOCK && \
+	defined(HAVE_DECL_SOCK_CLOEXEC) && HAVE_DECL_SOCK_CLOEXEC
+	return true;
+#else
+	return false;
+#endif
+}

@@ -125,6 +125,13 @@ bool tu_is(px_loop *loop, const char *backend);
  * $PX_BACKENDS is set (make check exports configure's list) it must name the
  * same backends in the same order, or the calling test fails. */
 const char *const *tu_configured_backends(void);
+/* Whether this build sees a peer's shutdown of writing as PX_HUP on loop's
+ * backend (poll and epoll, where the system has POLLRDHUP and the build
+ * uses it: not with --enable-portable-fallbacks). */
+bool tu_sees_rdhup(px_loop *loop);
+/* Whether px_accept uses accept4 (else accept + fcntl): what the fault
+ * tests interpose. */
+bool tu_uses_accept4(void);
 int tu_configured_count(void);
 /* True when `name` ("epoll", "poll", "select") is one of them. */
 bool tu_configured(const char *name);
