@@ -49,8 +49,9 @@ typedef struct px_loop px_loop;
 
 /*
  * px_loop_new: a loop on the backend named by $POLLUX_BACKEND (read at every
- * call, matched case-insensitively), or the best available one (epoll, poll,
- * select) when it is unset or empty.
+ * call, matched case-insensitively), or the best available one when it is
+ * unset or empty: epoll, poll, select (on macOS select, then poll: its poll()
+ * reports POLLNVAL for ttys and devices).
  * Errors (NULL + errno): EINVAL unknown backend name; ENOSYS a known backend
  * this system cannot provide; ENOMEM; EMFILE/ENFILE (epoll fd); any error of
  * epoll_create1.  The loop's own fds are close-on-exec.
@@ -117,20 +118,26 @@ typedef void px_io_cb(px_loop *loop, int fd, unsigned revents, void *arg);
  * PX_ONESHOT).  events == 0 registers the fd disarmed.
  * Errors: -EINVAL NULL loop, NULL cb, or bits other than READ/WRITE/ET/ONESHOT
  * (PX_HUP/PX_ERR included); -EBADF negative fd, or an fd that is not open
- * when the table must grow for it; -EEXIST already registered (also a reused
- * number that was closed without px_io_del); -EPERM epoll and a regular file
- * (select and poll report regular files always ready); -ENOMEM; other errors
- * of epoll_ctl.  On error nothing is registered.  There is no FD_SETSIZE
- * limit: the select backend sizes its sets to the highest fd, so -ERANGE
- * (reserved by the contract for fds a backend cannot watch) is never
- * returned.
+ * (on every backend); -EEXIST already registered (also a reused number that
+ * was closed without px_io_del); -EPERM epoll and a regular file (select and
+ * poll report regular files always ready); -ENOMEM; other errors of
+ * epoll_ctl.  On error nothing is registered.  The answer depends only on
+ * the fd and its file, never on what the loop held before.
+ * FD_SETSIZE: the select backend sizes its sets to the highest fd, which
+ * select() takes on Linux, the BSDs and macOS (built with
+ * _DARWIN_UNLIMITED_SELECT); there -ERANGE is never returned.  Where
+ * select() cannot take larger sets (illumos, Solaris, or a build configured
+ * with --enable-select-limit), select gives -ERANGE for fd >= FD_SETSIZE;
+ * poll and epoll never do.
  *
  * Delivery: at most one callback per fd per iteration.  revents holds the
  * armed directions that are ready; on hang-up or error, PX_HUP / PX_ERR are
  * set together with every armed direction, so a PX_READ-only watcher wakes up
  * and sees recv() == 0 or the error.  PX_HUP is POLLHUP/EPOLLHUP, and, on poll
  * and epoll for a watcher armed for PX_READ, the peer's shutdown of writing
- * (RDHUP); select cannot see hang-ups and reports them as readiness.
+ * (RDHUP) where the system has POLLRDHUP (Linux, FreeBSD; not macOS: there
+ * the half-close is PX_READ and recv() == 0); select cannot see hang-ups and
+ * reports them as readiness.
  * A disarmed watcher (events == 0, or a PX_ONESHOT that fired) gets no
  * callback, not even for hang-up or error.
  *
@@ -151,7 +158,13 @@ typedef void px_io_cb(px_loop *loop, int fd, unsigned revents, void *arg);
  *
  * A registered fd that is closed: select and poll report PX_ERR (with the
  * armed directions) once, then the watcher stays registered but disarmed;
- * epoll's kernel set forgets it silently.  Close an fd only after px_io_del.
+ * epoll's kernel set forgets it silently when no other copy of the file is
+ * open.  Close an fd only after px_io_del (or use px_io_close).  Closing
+ * first works too, but on epoll a copy of the file that lives on (dup, a
+ * forked child, SCM_RIGHTS) keeps its registration, which can then no longer
+ * be named: until px_io_del its events still reach this watcher, and after
+ * it the library keeps them from every watcher and replaces its kernel set
+ * (one epoll_ctl per registered fd) when the lost registration reports.
  */
 PX_API int px_io_add(px_loop *loop, int fd, unsigned events, px_io_cb *cb, void *arg);
 

@@ -269,10 +269,15 @@ static const char *const configured[] = {
 #ifdef HAVE_EPOLL
 	"epoll",
 #endif
+#ifdef __APPLE__ /* select before poll there: see src/core/loop.c */
+	"select",
+#endif
 #ifdef HAVE_POLL
 	"poll",
 #endif
+#ifndef __APPLE__
 	"select",
+#endif
 	NULL,
 };
 

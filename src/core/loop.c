@@ -13,29 +13,45 @@ struct backend_name {
 	const struct pxi_backend *be; /* NULL: not built on this system */
 };
 
-/* Best first. */
-static const struct backend_name known[] = {
 #ifdef HAVE_EPOLL
-	{ "epoll", &pxi_backend_epoll },
+#define EPOLL_BE &pxi_backend_epoll
 #else
-	{ "epoll", NULL },
+#define EPOLL_BE NULL
 #endif
 #ifdef HAVE_POLL
-	{ "poll", &pxi_backend_poll },
+#define POLL_BE &pxi_backend_poll
 #else
-	{ "poll", NULL },
+#define POLL_BE NULL
 #endif
+
+/* Best first.  macOS's poll() reports POLLNVAL for ttys and devices, which
+ * its select() watches: there select comes first. */
+static const struct backend_name known[] = {
+	{ "epoll", EPOLL_BE },
+#ifdef __APPLE__
 	{ "select", &pxi_backend_select },
+	{ "poll", POLL_BE },
+#else
+	{ "poll", POLL_BE },
+	{ "select", &pxi_backend_select },
+#endif
 };
 
+/* The same order, as names (a constant: px_backends may be called from any
+ * thread). */
 static const char *const usable[] = {
 #ifdef HAVE_EPOLL
 	"epoll",
 #endif
+#ifdef __APPLE__
+	"select",
+#endif
 #ifdef HAVE_POLL
 	"poll",
 #endif
+#ifndef __APPLE__
 	"select",
+#endif
 	NULL,
 };
 
