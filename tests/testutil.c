@@ -475,3 +475,13 @@ bool tu_uses_accept4(void)
 	return false;
 #endif
 }
+
+bool tu_select_limited(px_loop *loop)
+{
+#ifdef PX_SELECT_LIMIT
+	return tu_is(loop, "select");
+#else
+	(void)loop;
+	return false;
+#endif
+}

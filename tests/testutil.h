@@ -132,6 +132,9 @@ bool tu_sees_rdhup(px_loop *loop);
 /* Whether px_accept uses accept4 (else accept + fcntl): what the fault
  * tests interpose. */
 bool tu_uses_accept4(void);
+/* Whether loop's backend refuses fds >= FD_SETSIZE with -ERANGE (select,
+ * where select() cannot take larger sets: --enable-select-limit). */
+bool tu_select_limited(px_loop *loop);
 int tu_configured_count(void);
 /* True when `name` ("epoll", "poll", "select") is one of them. */
 bool tu_configured(const char *name);
