@@ -9,6 +9,7 @@
 #       stderr to LOG) and waits up to 10 s for its startup line
 #       ("NAME: backend=B port=N mode=M").  Sets srv_pid and srv_port.  If the
 #       line does not come it prints LOG, stops the server and returns 1.
+#       A server still running from an earlier srv_start is stopped first.
 #   srv_wait SECS
 #       waits up to SECS for the server to exit by itself (http-hello
 #       --max-requests), then kills it; sets srv_status to its exit status.
@@ -24,6 +25,7 @@ srv_status=
 srv_start() {
 	local log=$1 backend=$2 prog=$3 i
 	shift 3
+	srv_cleanup # one server at a time
 	srv_port=
 	: > "$log"
 	POLLUX_BACKEND=$backend timeout -k 5 "${SRV_TIMEOUT:-30}" "$prog" --port 0 "$@" \
