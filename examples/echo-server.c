@@ -318,8 +318,13 @@ static void sig_cb(px_loop *loop, int fd, unsigned revents, void *arg)
 
 static int stats_start(px_loop *loop)
 {
-	if (pipe2(sig_pipe, O_NONBLOCK | O_CLOEXEC) < 0)
+	/* pipe + fcntl rather than pipe2: macOS has no pipe2. */
+	if (pipe(sig_pipe) < 0)
 		return -errno;
+	for (int i = 0; i < 2; i++)
+		if (fcntl(sig_pipe[i], F_SETFD, FD_CLOEXEC) < 0 ||
+		    fcntl(sig_pipe[i], F_SETFL, fcntl(sig_pipe[i], F_GETFL) | O_NONBLOCK) < 0)
+			return -errno;
 	int rc = px_io_add(loop, sig_pipe[0], PX_READ, sig_cb, NULL);
 	if (rc < 0)
 		return rc;

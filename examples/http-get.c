@@ -22,6 +22,10 @@
 
 #include "pollux.h"
 
+#ifndef MSG_NOSIGNAL /* older macOS: SIGPIPE is ignored in main() instead */
+#define MSG_NOSIGNAL 0
+#endif
+
 #define CONNECT_MS 5000
 #define TOTAL_MS 10000
 #define MAX_RESPONSE (4 * 1024 * 1024)

@@ -25,6 +25,10 @@
 
 #include "pollux.h"
 
+#ifndef MSG_NOSIGNAL /* older macOS: SIGPIPE is ignored in main() instead */
+#define MSG_NOSIGNAL 0
+#endif
+
 static const char response[] =
 	"HTTP/1.0 200 OK\r\n"
 	"Content-Type: text/plain\r\n"

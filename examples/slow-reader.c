@@ -35,6 +35,10 @@
 
 #include "pollux.h"
 
+#ifndef MSG_NOSIGNAL /* older macOS: SIGPIPE is ignored in main() instead */
+#define MSG_NOSIGNAL 0
+#endif
+
 #define TICK_MS     10
 #define IO_SZ       65536
 #define SEND_BURST  (1024 * 1024) /* per write callback, for fairness */
