@@ -12,6 +12,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include "portable.h" /* config.h first */
 #include <dlfcn.h>
 #include <errno.h>
 #include <signal.h>
@@ -283,7 +284,7 @@ static void test_acceptor_bad_input(void **state)
 	assert_int_equal(px_acceptor_add(loop, s, acc_cb, &st), -EINVAL); /* not listening */
 	assert_int_equal(px_acceptor_add(loop, p[0], acc_cb, &st), -ENOTSOCK);
 	assert_false(st_nonblocking(p[0]));
-	int udp = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	int udp = tp_socket(AF_INET, SOCK_DGRAM, 0, TP_CLOEXEC);
 	assert_int_equal(px_acceptor_add(loop, udp, acc_cb, &st), -EINVAL);
 	close(udp);
 

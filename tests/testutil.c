@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #endif
 #include "testutil.h"
+#include "portable.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -50,7 +51,7 @@ const char *tu_group_name(const char *prog)
 
 void tu_socketpair(int sv[2])
 {
-	int rc = socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv);
+	int rc = tp_socketpair(AF_UNIX, SOCK_STREAM, 0, TP_NONBLOCK | TP_CLOEXEC, sv);
 	if (rc != 0)
 		fail_msg("socketpair: %s", strerror(errno));
 }
@@ -78,7 +79,7 @@ void tu_socketpair_at(int sv[2], int num)
 		sv[1] = p[0];
 		return;
 	}
-	if (dup3(p[0], num, O_CLOEXEC) != num)
+	if (tp_dup_to(p[0], num, TP_CLOEXEC) != num)
 		fail_msg("dup3 to %d: %s", num, strerror(errno));
 	close(p[0]);
 	sv[0] = num;
@@ -89,7 +90,7 @@ void tu_socketpair_at(int sv[2], int num)
 
 void tu_send(int fd, const void *buf, size_t len)
 {
-	ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+	ssize_t n = tp_send(fd, buf, len, 0);
 	if (n != (ssize_t)len)
 		fail_msg("send(%d, %zu) = %zd: %s", fd, len, n, strerror(errno));
 }
@@ -104,7 +105,7 @@ size_t tu_fill(int fd)
 	static char buf[65536];
 	size_t total = 0;
 	for (;;) {
-		ssize_t n = send(fd, buf, sizeof buf, MSG_NOSIGNAL | MSG_DONTWAIT);
+		ssize_t n = tp_send(fd, buf, sizeof buf, MSG_DONTWAIT);
 		if (n > 0) {
 			total += (size_t)n;
 			continue;
@@ -143,13 +144,34 @@ int tu_pending(int fd)
 	return n;
 }
 
+/* Without /proc/self/fd (the BSDs, macOS; /dev/fd may list 0-2 only):
+ * every number below the soft RLIMIT_NOFILE (no fd can be above it but
+ * one opened before the limit was lowered; capped at 2^20) is asked. */
+static int list_fds_fcntl(int *out, int cap)
+{
+	struct rlimit rl;
+	long max = 1L << 20;
+	int n = 0;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+	    rl.rlim_cur < (rlim_t)max)
+		max = (long)rl.rlim_cur;
+	for (long fd = 0; fd < max; fd++) {
+		if (fcntl((int)fd, F_GETFD) < 0)
+			continue;
+		if (n < cap)
+			out[n] = (int)fd;
+		n++;
+	}
+	return n;
+}
+
 int tu_list_fds(int *out, int cap)
 {
 	DIR *d = opendir("/proc/self/fd");
 	int n = 0, self;
 	struct dirent *e;
 	if (!d)
-		fail_msg("opendir /proc/self/fd: %s", strerror(errno));
+		return list_fds_fcntl(out, cap); /* already sorted */
 	self = dirfd(d);
 	while ((e = readdir(d)) != NULL) {
 		char *end;
@@ -423,11 +445,14 @@ int tu_regfile_at(int num)
 	struct stat st;
 	if (!dir || !*dir)
 		dir = "/tmp";
-	int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	int fd = -1;
+#ifdef O_TMPFILE
+	fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+#endif
 	if (fd < 0) { /* no O_TMPFILE here: a named file, unlinked at once */
 		char path[4096];
 		snprintf(path, sizeof path, "%s/pollux-test-XXXXXX", dir);
-		fd = mkostemp(path, O_CLOEXEC);
+		fd = tp_mkstemp_cloexec(path);
 		if (fd < 0)
 			fail_msg("mkostemp %s: %s", path, strerror(errno));
 		unlink(path);
@@ -435,7 +460,7 @@ int tu_regfile_at(int num)
 	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
 		fail_msg("%s: no regular file for fd %d", dir, fd);
 	if (num >= 0 && fd != num) {
-		if (dup3(fd, num, O_CLOEXEC) != num)
+		if (tp_dup_to(fd, num, TP_CLOEXEC) != num)
 			fail_msg("dup3 to %d: %s", num, strerror(errno));
 		close(fd);
 		fd = num;
