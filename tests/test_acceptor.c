@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "interpose.h"
 #include "socktest.h"
 
 /* ------------------------------------------------------------------------ */
@@ -34,6 +35,7 @@ static struct {
 } inj;
 
 typedef int accept4_fn(int, struct sockaddr *, socklen_t *, int);
+typedef int accept_fn(int, struct sockaddr *, socklen_t *);
 
 static void inj_script(int n, const int *errs)
 {
@@ -61,20 +63,12 @@ static int inj_next(void)
 	return err;
 }
 
-static int real_accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
-{
-	static accept4_fn *fn;
-	if (!fn)
-		fn = (accept4_fn *)dlsym(RTLD_NEXT, "accept4");
-	if (!fn) {
-		errno = ENOSYS;
-		return -1;
-	}
-	return fn(fd, sa, len, flags);
-}
-
+/* accept4 only where the library calls it (HAVE_ACCEPT4); each forwards to
+ * the next definition of its own symbol (interpose.h). */
+#ifdef HAVE_ACCEPT4
 int accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
 {
+	IP_REAL(accept4_fn *, accept4);
 	int err = inj_next();
 	if (err) {
 		errno = err;
@@ -82,15 +76,17 @@ int accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
 	}
 	return real_accept4(fd, sa, len, flags);
 }
+#endif
 
 int accept(int fd, struct sockaddr *sa, socklen_t *len)
 {
+	IP_REAL(accept_fn *, accept);
 	int err = inj_next();
 	if (err) {
 		errno = err;
 		return -1;
 	}
-	return real_accept4(fd, sa, len, 0);
+	return real_accept(fd, sa, len);
 }
 
 static int setup(void **state)

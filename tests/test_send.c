@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "pollux.h"
+#include "testutil.h"
 
 #define WATCHDOG_S 60
 #define KiB 1024u
@@ -1312,6 +1313,7 @@ int main(void)
 
 	signal(SIGPIPE, SIG_DFL); /* a raised SIGPIPE kills the test */
 	signal(SIGALRM, SIG_DFL);
+	tu_check_interposers(); /* as every program linking tests/waitcount.c */
 	snprintf(name, sizeof(name), "test_send[%s]", be && *be ? be : "default");
 	return cmocka_run_group_tests_name(name, tests, NULL, NULL);
 }

@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #endif
 #include "testutil.h"
+#include "interpose.h"
 #include "portable.h"
 
 #include <dirent.h>
@@ -28,6 +29,82 @@ int tu_setup(void **state)
 	return 0;
 }
 
+static void init_io_cb(px_loop *loop, int fd, unsigned revents, void *arg)
+{
+	(void)loop;
+	(void)fd;
+	(void)revents;
+	(*(int *)arg)++;
+}
+
+/* The wait interposer (waitcount.c or faultinj.c) must see the library's
+ * waits, or every check that counts them proves nothing: one iteration of
+ * the loop with a ready pipe must count one wait or more.  A libc whose
+ * headers rename the wait (interpose.h) shows up here.  Ends the program. */
+static void check_wait_interposer(px_loop *l)
+{
+	int p[2], calls = 0;
+	if (tp_pipe(p, TP_NONBLOCK | TP_CLOEXEC) != 0 || write(p[1], "x", 1) != 1) {
+		fprintf(stderr, "tu_init: pipe: %s\n", strerror(errno));
+		exit(99);
+	}
+	long w0 = tu_wait_calls();
+	int rc = px_io_add(l, p[0], PX_READ, init_io_cb, &calls);
+	if (rc == 0)
+		rc = px_loop_run(l, PX_RUN_NOWAIT);
+	if (rc == 0)
+		rc = px_io_del(l, p[0]);
+	close(p[0]);
+	close(p[1]);
+	if (rc != 0 || calls != 1) {
+		fprintf(stderr, "tu_init: one iteration with a ready pipe: rc %d, %d callback(s)\n", rc,
+		        calls);
+		exit(99);
+	}
+	if (tu_wait_calls() == w0) {
+		fprintf(stderr,
+		        "tu_init: the wait interposer did not see the %s backend's wait: libpollux "
+		        "calls a symbol that tests/waitcount.c or tests/faultinj.c does not define "
+		        "(see tests/interpose.h), and the wait counts would prove nothing\n",
+		        px_loop_backend(l));
+		exit(99);
+	}
+}
+
+#ifdef IP_GLIBC_TIME64
+/* Both of glibc's selects (interpose.h) are interposed, each forwards to its
+ * own real one, and each reads its own timeval: 30 ms must take 20 ms to 2
+ * s and count one wait. */
+static void check_select_entry(const char *sym, int (*fn)(int, void *, void *, void *, void *),
+                               void *tv)
+{
+	long w0 = tu_wait_calls();
+	double t0 = tu_now_ms();
+	int rc = fn ? fn(0, NULL, NULL, NULL, tv) : -2;
+	double ms = tu_now_ms() - t0;
+	if (rc != 0 || tu_wait_calls() != w0 + 1 || ms < 20 || ms > 2000) {
+		fprintf(stderr,
+		        "tu_init: %s(0, NULL, NULL, NULL, 30 ms): rc %d in %.1f ms, %ld wait(s) "
+		        "counted: that select is not interposed, or forwards to the wrong one\n",
+		        sym, rc, ms, tu_wait_calls() - w0);
+		exit(99);
+	}
+}
+
+static void check_select_entries(void)
+{
+	struct {
+		int32_t sec, usec;
+	} t32 = { 0, 30000 };
+	struct {
+		int64_t sec, usec;
+	} t64 = { 0, 30000 };
+	typedef int sel(int, void *, void *, void *, void *);
+	check_select_entry("select", (sel *)dlsym(RTLD_DEFAULT, "select"), &t32);
+	check_select_entry("__select64", (sel *)dlsym(RTLD_DEFAULT, "__select64"), &t64);
+}
+#endif
+
 void tu_init(const char *prog)
 {
 	signal(SIGALRM, SIG_DFL);
@@ -39,6 +116,21 @@ void tu_init(const char *prog)
 	       l ? px_loop_backend(l) : "(px_loop_new failed)");
 	fflush(stdout);
 	px_loop_free(l);
+	tu_check_interposers();
+}
+
+void tu_check_interposers(void)
+{
+	px_loop *l = px_loop_new();
+	if (!l) {
+		fprintf(stderr, "tu_check_interposers: px_loop_new: %s\n", strerror(errno));
+		exit(99);
+	}
+	check_wait_interposer(l);
+	px_loop_free(l);
+#ifdef IP_GLIBC_TIME64
+	check_select_entries();
+#endif
 }
 
 const char *tu_group_name(const char *prog)
