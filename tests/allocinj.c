@@ -2,11 +2,15 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include <config.h>
 #include "allocinj.h"
 
 #include <dlfcn.h>
 #include <errno.h>
+#if defined(HAVE_LINK_H) && defined(HAVE_DL_ITERATE_PHDR)
+#define AI_PHDR 1
 #include <link.h>
+#endif
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +33,7 @@ struct range {
 	uintptr_t lo, hi;
 };
 
+
 struct object {
 	struct range seg[AI_MAXSEG];
 	int nseg;
@@ -38,6 +43,7 @@ static struct object lib_obj, cmocka_obj;
 static bool lib_is_exe; /* the library is linked into the executable */
 static bool inited;
 
+#ifdef AI_PHDR
 static void add_segments(struct object *o, const struct dl_phdr_info *info)
 {
 	for (int i = 0; i < info->dlpi_phnum && o->nseg < AI_MAXSEG; i++) {
@@ -94,6 +100,29 @@ void ai_init(const void *lib_fn)
 		lib_is_exe = true; /* not found: count the whole window */
 	inited = true;
 }
+#else
+/* No dl_iterate_phdr (an ELF interface: not on macOS): the library's
+ * segments cannot be told apart, so every allocation of the window counts,
+ * as when the library is linked into the program (ai_strict() false). */
+AI_RAW static bool in_object(const struct object *o, uintptr_t a)
+{
+	(void)o;
+	(void)a;
+	return false;
+}
+
+void ai_init(const void *lib_fn)
+{
+	(void)lib_fn;
+	memset(&lib_obj, 0, sizeof lib_obj);
+	memset(&cmocka_obj, 0, sizeof cmocka_obj);
+	lib_is_exe = true;
+	inited = true;
+	printf("# allocinj: no dl_iterate_phdr here: allocations are not told apart by "
+	       "caller (cmocka's count too)\n");
+}
+#endif
+
 
 bool ai_strict(void)
 {
@@ -332,11 +361,63 @@ AI_RAW static enum verdict decide(enum ai_kind kind, size_t size, const void *ca
 
 /* While dlsym runs (it may allocate), glibc's own functions serve; the few
  * blocks they hand out are remembered so that free returns them to glibc,
- * not to a sanitizer that never saw them. */
+ * not to a sanitizer that never saw them.  Other C libraries have no such
+ * entry points: there a static arena serves those few blocks (never freed;
+ * realloc copies out of it). */
+#ifdef __GLIBC__
 extern void *__libc_malloc(size_t n);
 extern void *__libc_calloc(size_t n, size_t m);
 extern void *__libc_realloc(void *p, size_t n);
 extern void __libc_free(void *p);
+#define early_malloc __libc_malloc
+#define early_calloc __libc_calloc
+#define early_realloc __libc_realloc
+#define early_free __libc_free
+#define in_arena(p) false
+#else
+static _Alignas(max_align_t) unsigned char arena[64 * 1024];
+static size_t arena_used;
+
+/* A block: its size in the max_align_t before it. */
+AI_RAW static void *early_malloc(size_t n)
+{
+	size_t h = sizeof(max_align_t), need = h + ((n + h - 1) / h) * h;
+	if (n > sizeof arena || need > sizeof arena - arena_used)
+		return NULL;
+	unsigned char *p = arena + arena_used;
+	arena_used += need;
+	memcpy(p, &n, sizeof n);
+	return p + h;
+}
+
+AI_RAW static void *early_calloc(size_t n, size_t m)
+{
+	if (m && n > SIZE_MAX / m)
+		return NULL;
+	return early_malloc(n * m); /* the arena is zeroed and never reused */
+}
+
+AI_RAW static bool in_arena(const void *p)
+{
+	return (const unsigned char *)p >= arena && (const unsigned char *)p < arena + sizeof arena;
+}
+
+AI_RAW static void early_free(void *p)
+{
+	(void)p;
+}
+
+AI_RAW static void *early_realloc(void *p, size_t n)
+{
+	void *q = early_malloc(n);
+	if (q && p) {
+		size_t old;
+		memcpy(&old, (unsigned char *)p - sizeof(max_align_t), sizeof old);
+		memcpy(q, p, old < n ? old : n);
+	}
+	return q;
+}
+#endif
 
 typedef void *malloc_fn(size_t);
 typedef void *calloc_fn(size_t, size_t);
@@ -429,7 +510,7 @@ AI_RAW void *malloc(size_t n)
 	struct ai_site s;
 
 	if (resolving)
-		return early_note(__libc_malloc(n));
+		return early_note(early_malloc(n));
 	resolve();
 	if (probe) {
 		probe = false;
@@ -453,7 +534,7 @@ AI_RAW void *calloc(size_t n, size_t m)
 	struct ai_site s;
 
 	if (resolving)
-		return early_note(__libc_calloc(n, m));
+		return early_note(early_calloc(n, m));
 	resolve();
 	if (probe) {
 		probe = false;
@@ -478,7 +559,7 @@ AI_RAW void *realloc(void *p, size_t n)
 	struct ai_site s, old;
 
 	if (resolving)
-		return __libc_realloc(p, n);
+		return early_realloc(p, n);
 	resolve();
 	if (probe) {
 		probe = false;
@@ -496,7 +577,7 @@ AI_RAW void *realloc(void *p, size_t n)
 	}
 	if (p && early_take(p)) {
 		/* A block glibc handed out while dlsym ran stays glibc's. */
-		void *q = __libc_realloc(p, n);
+		void *q = early_realloc(p, n);
 		if (q || n)
 			early_note(q ? q : p);
 		return q;
@@ -517,8 +598,8 @@ AI_RAW void free(void *p)
 {
 	if (!p)
 		return;
-	if (resolving || early_take(p)) {
-		__libc_free(p);
+	if (resolving || early_take(p) || in_arena(p)) {
+		early_free(p);
 		return;
 	}
 	resolve();

@@ -108,6 +108,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include "portable.h" /* config.h first */
 #include "diffops.h"
 
 #include <arpa/inet.h>
@@ -118,9 +119,13 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef HAVE_SYS_EVENTFD_H
 #include <sys/eventfd.h>
+#endif
 #include <sys/ioctl.h>
+#ifdef HAVE_SYS_PRCTL_H
 #include <sys/prctl.h>
+#endif
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -802,7 +807,7 @@ static int open_tmpfile(void)
 		return fd;
 #endif
 	snprintf(path, sizeof path, "%s/pollux-diff.XXXXXX", dir);
-	fd = mkostemp(path, O_CLOEXEC);
+	fd = tp_mkstemp_cloexec(path);
 	if (fd < 0)
 		return -errno;
 	unlink(path);
@@ -819,8 +824,8 @@ static int udp_pair(int sv[2], int queue)
 	int e = 0;
 
 	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	sv[0] = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	sv[1] = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	sv[0] = tp_socket(AF_INET, SOCK_DGRAM, 0, TP_NONBLOCK | TP_CLOEXEC);
+	sv[1] = tp_socket(AF_INET, SOCK_DGRAM, 0, TP_NONBLOCK | TP_CLOEXEC);
 	if (sv[0] < 0 || sv[1] < 0 || bind(sv[0], (struct sockaddr *)&sa, sizeof sa) != 0 ||
 	    bind(sv[1], (struct sockaddr *)&sa, sizeof sa) != 0)
 		goto fail;
@@ -854,12 +859,12 @@ static int install(struct run *r, struct slot *s, int k, int taint)
 	switch (k) {
 	case DO_K_SOCK:
 		kind = FK_SOCK;
-		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0)
+		if (tp_socketpair(AF_UNIX, SOCK_STREAM, 0, TP_NONBLOCK | TP_CLOEXEC, sv) != 0)
 			return -errno;
 		break;
 	case DO_K_PIPE:
 		kind = FK_PIPE;
-		if (pipe2(sv, O_NONBLOCK | O_CLOEXEC) != 0)
+		if (tp_pipe(sv, TP_NONBLOCK | TP_CLOEXEC) != 0)
 			return -errno;
 		break;
 	case DO_K_FILE:
@@ -874,10 +879,31 @@ static int install(struct run *r, struct slot *s, int k, int taint)
 			return rc;
 		break;
 	default:
+#ifdef HAVE_SYS_EVENTFD_H
 		kind = FK_EVFD;
 		sv[0] = eventfd(k == DO_K_EVFDC ? 3 : 0, EFD_NONBLOCK | EFD_CLOEXEC);
 		if (sv[0] < 0)
 			return -errno;
+#else
+		/* No eventfd here (Linux, FreeBSD 13+, NetBSD 10, illumos have it):
+		 * the nearest kinds instead, a peerless-looking file with nothing
+		 * to read (an empty pipe) or something to read (a queued datagram). */
+		{
+			static int said;
+			if (!said++)
+				printf("# diffops: no eventfd on this system: the reuse kinds eventfd and "
+				       "eventfd+count install an empty pipe and a queued UDP pair\n");
+		}
+		if (k == DO_K_EVFDC) {
+			kind = FK_UDP;
+			if ((rc = udp_pair(sv, 1)) < 0)
+				return rc;
+		} else {
+			kind = FK_PIPE;
+			if (tp_pipe(sv, TP_NONBLOCK | TP_CLOEXEC) != 0)
+				return -errno;
+		}
+#endif
 		break;
 	}
 	int fid = fid_new(r);
@@ -891,7 +917,7 @@ static int install(struct run *r, struct slot *s, int k, int taint)
 	s->touch_iter = r->in_run ? r->iter : -1;
 	if (s->preg)
 		s->fchg_iter = r->in_run ? r->iter : -1;
-	if (dup3(sv[0], fd_a(s->idx), O_CLOEXEC) < 0) {
+	if (tp_dup_to(sv[0], fd_a(s->idx), TP_CLOEXEC) < 0) {
 		rc = -errno;
 	} else {
 		s->a_open = 1;
@@ -900,7 +926,7 @@ static int install(struct run *r, struct slot *s, int k, int taint)
 	}
 	close(sv[0]);
 	if (sv[1] >= 0) {
-		if (rc == 0 && dup3(sv[1], fd_b(s->idx), O_CLOEXEC) < 0)
+		if (rc == 0 && tp_dup_to(sv[1], fd_b(s->idx), TP_CLOEXEC) < 0)
 			rc = -errno;
 		else if (rc == 0)
 			s->b_open = 1;
@@ -917,7 +943,7 @@ static int install(struct run *r, struct slot *s, int k, int taint)
 
 static int copy_put(struct run *r, struct slot *s, int k, int srcfd, int fid)
 {
-	if (dup3(srcfd, fd_copy(s->idx, k), O_CLOEXEC) < 0)
+	if (tp_dup_to(srcfd, fd_copy(s->idx, k), TP_CLOEXEC) < 0)
 		return -errno;
 	if (s->copy_fid[k])
 		r->prefs[s->copy_fid[k]]--; /* dup2 closed the copy that was there */
@@ -949,10 +975,10 @@ static int courier_open(struct run *r)
 		return 0;
 	for (int i = 0; i < 2; i++) {
 		int sv[2], rc = 0;
-		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0)
+		if (tp_socketpair(AF_UNIX, SOCK_STREAM, 0, TP_NONBLOCK | TP_CLOEXEC, sv) != 0)
 			return -errno;
-		if (dup3(sv[0], DO_COURIER + 2 * i, O_CLOEXEC) < 0 ||
-		    dup3(sv[1], DO_COURIER + 2 * i + 1, O_CLOEXEC) < 0)
+		if (tp_dup_to(sv[0], DO_COURIER + 2 * i, TP_CLOEXEC) < 0 ||
+		    tp_dup_to(sv[1], DO_COURIER + 2 * i + 1, TP_CLOEXEC) < 0)
 			rc = -errno;
 		close(sv[0]);
 		close(sv[1]);
@@ -983,7 +1009,7 @@ static int send_fd(int sock, int fd)
 	c->cmsg_len = CMSG_LEN(sizeof(int));
 	memcpy(CMSG_DATA(c), &fd, sizeof fd);
 	do
-		k = sendmsg(sock, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+		k = tp_sendmsg(sock, &m, MSG_DONTWAIT);
 	while (k < 0 && errno == EINTR);
 	return k == 1 ? 0 : k < 0 ? -errno : -EIO;
 }
@@ -1005,7 +1031,7 @@ static int recv_fd(int sock)
 	m.msg_control = u.buf;
 	m.msg_controllen = sizeof u.buf;
 	do
-		k = recvmsg(sock, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+		k = tp_recvmsg_cloexec(sock, &m, MSG_DONTWAIT);
 	while (k < 0 && errno == EINTR);
 	if (k < 0)
 		return -errno;
@@ -1031,7 +1057,7 @@ static int child_spawn(struct run *r)
 {
 	int p[2];
 
-	if (pipe2(p, O_CLOEXEC) != 0)
+	if (tp_pipe(p, TP_CLOEXEC) != 0)
 		return -errno;
 	uint8_t *holds = calloc((size_t)r->nfid + 1, 1);
 	if (!holds) {
@@ -1056,9 +1082,9 @@ static int child_spawn(struct run *r)
 	if (pid == 0) {
 		char c;
 		signal(SIGALRM, SIG_DFL); /* not libFuzzer's timeout handler */
-#ifdef PR_SET_PDEATHSIG
+#if defined(HAVE_SYS_PRCTL_H) && defined(PR_SET_PDEATHSIG)
 		(void)prctl(PR_SET_PDEATHSIG, SIGKILL);
-#endif
+#endif /* elsewhere: the alarm below, or the parent's byte or exit */
 		if (getppid() != parent)
 			_exit(0);
 		alarm(120);
@@ -1169,7 +1195,7 @@ static int64_t xwrite(int fd, int how, uint32_t n)
 	if (how == X_DGRAM) {
 		size_t want = n ? (n < 1024 ? n : 1024) : 64;
 		do
-			k = send(fd, wbuf, want, MSG_NOSIGNAL | MSG_DONTWAIT);
+			k = tp_send(fd, wbuf, want, MSG_DONTWAIT);
 		while (k < 0 && errno == EINTR);
 		return k >= 0 ? (int64_t)k * 1000 : errno == EAGAIN ? 0 : errno;
 	}
@@ -1179,7 +1205,7 @@ static int64_t xwrite(int fd, int how, uint32_t n)
 			want = (size_t)(n - total);
 		if (want == 0)
 			break;
-		k = how == X_STREAM ? send(fd, wbuf, want, MSG_NOSIGNAL | MSG_DONTWAIT)
+		k = how == X_STREAM ? tp_send(fd, wbuf, want, MSG_DONTWAIT)
 		                    : write(fd, wbuf, want);
 		if (k > 0) {
 			total += k;
@@ -1352,8 +1378,7 @@ static void op_add(struct run *r, struct slot *s, unsigned mask)
  * PX_HUP/PX_ERR and select cannot see). */
 static int hung_up(int fd)
 {
-	struct pollfd pf = { .fd = fd, .events = POLLIN | POLLRDHUP };
-	return poll(&pf, 1, 0) == 1 && (pf.revents & (POLLHUP | POLLRDHUP | POLLERR));
+	return (tp_poll1(fd, POLLIN | TP_POLLRDHUP) & (POLLHUP | TP_POLLRDHUP | POLLERR)) != 0;
 }
 
 static void op_mod(struct run *r, struct slot *s, unsigned mask, int from_timer)
@@ -1449,8 +1474,7 @@ static void exec_act(struct run *r, const struct do_act *a, struct tinfo *self);
 
 static short poll_now(int fd)
 {
-	struct pollfd pf = { .fd = fd, .events = POLLIN | POLLOUT | POLLRDHUP };
-	return poll(&pf, 1, 0) == 1 ? pf.revents : 0;
+	return tp_poll1(fd, POLLIN | POLLOUT | TP_POLLRDHUP);
 }
 
 /* revents that the file's readiness (as poll() sees it) justifies.  The armed
@@ -1460,11 +1484,11 @@ static int justified(unsigned rev, short have)
 {
 	unsigned bad = rev & (PX_HUP | PX_ERR);
 
-	if ((rev & PX_READ) && !bad && !(have & (POLLIN | POLLRDHUP | POLLHUP | POLLERR)))
+	if ((rev & PX_READ) && !bad && !(have & (POLLIN | TP_POLLRDHUP | POLLHUP | POLLERR)))
 		return 0;
 	if ((rev & PX_WRITE) && !bad && !(have & (POLLOUT | POLLHUP | POLLERR)))
 		return 0;
-	if ((rev & PX_HUP) && !(have & (POLLHUP | POLLRDHUP | POLLERR)))
+	if ((rev & PX_HUP) && !(have & (POLLHUP | TP_POLLRDHUP | POLLERR)))
 		return 0;
 	if ((rev & PX_ERR) && !(have & (POLLERR | POLLNVAL)))
 		return 0;
@@ -1642,7 +1666,8 @@ static void timer_cb(px_loop *loop, int64_t id, void *arg)
 		exec_act(r, &ti->sub, ti);
 }
 
-/* eventfd's count, without reading it */
+/* eventfd's count, without reading it (Linux's /proc; -1 elsewhere, the
+ * same for every backend) */
 static int64_t evfd_count(int fd)
 {
 	char path[64], buf[512];
@@ -1749,7 +1774,7 @@ static void op_refuse(struct run *r, struct slot *s, unsigned mask, int from_tim
 	/* Close the registered number and put a regular file there. */
 	a_close(r, s);
 	s->tainted = slot_poisoned(r, s); /* else defined: see rule 9 */
-	int rc = dup3(fd, fd_a(i), O_CLOEXEC) < 0 ? -errno : 0;
+	int rc = tp_dup_to(fd, fd_a(i), TP_CLOEXEC) < 0 ? -errno : 0;
 	close(fd);
 	if (rc == 0) {
 		s->a_open = 1;
@@ -1857,9 +1882,9 @@ static int pair_at(int a, int b)
 {
 	int sv[2], rc = 0;
 
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0)
+	if (tp_socketpair(AF_UNIX, SOCK_STREAM, 0, TP_NONBLOCK | TP_CLOEXEC, sv) != 0)
 		return -errno;
-	if (dup3(sv[0], a, O_CLOEXEC) < 0 || dup3(sv[1], b, O_CLOEXEC) < 0)
+	if (tp_dup_to(sv[0], a, TP_CLOEXEC) < 0 || tp_dup_to(sv[1], b, TP_CLOEXEC) < 0)
 		rc = -errno;
 	close(sv[0]);
 	close(sv[1]);
@@ -1970,7 +1995,7 @@ static void op_many(struct run *r, const struct do_act *a)
 			goto fail;
 		}
 		close(xa);
-		rc = dup3(f, xa, O_CLOEXEC) < 0 ? -errno : 0;
+		rc = tp_dup_to(f, xa, TP_CLOEXEC) < 0 ? -errno : 0;
 		close(f);
 		if (rc < 0)
 			goto fail;

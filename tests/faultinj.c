@@ -4,13 +4,17 @@
 #endif
 #include "faultinj.h"
 #include "allocinj.h"
+#include "interpose.h"
+#include "portable.h"
 
 #include <dlfcn.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef HAVE_SYS_EPOLL_H
 #include <sys/epoll.h>
+#endif
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -230,7 +234,7 @@ const char *fi_summary(bool per_case)
 	for (int c = 0; c < FI_NCALLS; c++) {
 		for (int i = 0; i < FI_MAXERR && rows[c].n[i]; i++) {
 			int e = rows[c].err[i];
-			const char *en = e == FI_SHORT ? "SHORT" : strerrorname_np(e);
+			const char *en = e == FI_SHORT ? "SHORT" : tp_errname(e);
 			int w = snprintf(buf + len, sizeof buf - len, "%s%s %s=%ld", len ? ", " : "",
 			                 names[c], en ? en : "?", rows[c].n[i]);
 			if (w < 0 || (size_t)w >= sizeof buf - len)
@@ -245,29 +249,28 @@ const char *fi_summary(bool per_case)
 
 /* ---- the real functions --------------------------------------------------- */
 
-#define REAL(type, name)                                                          \
-	static type real_##name;                                                  \
-	if (!real_##name) {                                                       \
-		real_##name = (type)dlsym(RTLD_NEXT, #name);                      \
-		if (!real_##name)                                                 \
-			abort();                                                  \
-	}
+/* IP_REAL (interpose.h): the next definition of the symbol each wrapper is,
+ * which is not always its C name (select is __select64 under glibc's
+ * _TIME_BITS=64 on a 32-bit ABI). */
 
+#ifdef HAVE_SYS_EPOLL_H
 typedef int epoll_wait_fn(int, struct epoll_event *, int, int);
 typedef int epoll_ctl_fn(int, int, int, struct epoll_event *);
+#endif
 typedef int poll_fn(struct pollfd *, nfds_t, int);
 typedef int select_fn(int, fd_set *, fd_set *, fd_set *, struct timeval *);
-typedef int accept4_fn(int, __SOCKADDR_ARG, socklen_t *, int);
-typedef int accept_fn(int, __SOCKADDR_ARG, socklen_t *);
+typedef int accept4_fn(int, struct sockaddr *, socklen_t *, int);
+typedef int accept_fn(int, struct sockaddr *, socklen_t *);
 typedef ssize_t sendmsg_fn(int, const struct msghdr *, int);
 typedef ssize_t send_fn(int, const void *, size_t, int);
 typedef ssize_t writev_fn(int, const struct iovec *, int);
 
 /* ---- the wrappers ---------------------------------------------------------- */
 
+#ifdef HAVE_SYS_EPOLL_H
 int epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout)
 {
-	REAL(epoll_wait_fn *, epoll_wait);
+	IP_REAL(epoll_wait_fn *, epoll_wait);
 	struct fi_args a = { FI_EPOLL_WAIT, epfd, 0, timeout, (size_t)maxevents };
 	log_wait(FI_EPOLL_WAIT, timeout);
 	int err = decide(&a);
@@ -281,7 +284,7 @@ int epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout)
 
 int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event)
 {
-	REAL(epoll_ctl_fn *, epoll_ctl);
+	IP_REAL(epoll_ctl_fn *, epoll_ctl);
 	struct fi_args a = { FI_EPOLL_CTL, fd, op, 0, 0 };
 	int err = decide(&a);
 	if (err) {
@@ -290,10 +293,11 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event)
 	}
 	return real_epoll_ctl(epfd, op, fd, event);
 }
+#endif
 
 int poll(struct pollfd *fds, nfds_t nfds, int timeout)
 {
-	REAL(poll_fn *, poll);
+	IP_REAL(poll_fn *, poll);
 	struct fi_args a = { FI_POLL, -1, 0, timeout, (size_t)nfds };
 	log_wait(FI_POLL, timeout);
 	int err = decide(&a);
@@ -305,7 +309,8 @@ int poll(struct pollfd *fds, nfds_t nfds, int timeout)
 	return note(FI_POLL, real_poll(fds, nfds, timeout));
 }
 
-/* What a _FORTIFY_SOURCE build of the library calls instead of poll. */
+#ifdef HAVE___POLL_CHK
+/* What a _FORTIFY_SOURCE build of the library calls instead of poll (glibc). */
 int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size_t fdslen);
 int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size_t fdslen)
 {
@@ -313,29 +318,64 @@ int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size_t fdslen)
 		abort();
 	return poll(fds, nfds, timeout);
 }
+#endif
 
-int select(int nfds, fd_set *rd, fd_set *wr, fd_set *ex, struct timeval *tv)
+/* select's timeout in ms (-1: none), from its two fields. */
+static int select_timeout(bool has, long long sec, long long usec)
 {
-	REAL(select_fn *, select);
-	int timeout = -1;
-	if (tv) {
-		long long ms = (long long)tv->tv_sec * 1000 + (tv->tv_usec + 999) / 1000;
-		timeout = ms > 0x7fffffff ? 0x7fffffff : (int)ms;
-	}
+	if (!has)
+		return -1;
+	long long ms = sec * 1000 + (usec + 999) / 1000;
+	return ms > 0x7fffffff ? 0x7fffffff : (int)ms;
+}
+
+/* The fault decision of a select: 0 to go through, else the errno. */
+static int select_decide(int nfds, int timeout)
+{
 	struct fi_args a = { FI_SELECT, -1, 0, timeout, (size_t)nfds };
 	log_wait(FI_SELECT, timeout);
 	int err = decide(&a);
-	if (err) {
+	if (err)
 		wait_delay(FI_SELECT, timeout);
+	return err;
+}
+
+int select(int nfds, fd_set *rd, fd_set *wr, fd_set *ex, struct timeval *tv)
+{
+	IP_REAL(select_fn *, select);
+	int err = select_decide(nfds, select_timeout(tv, tv ? (long long)tv->tv_sec : 0,
+	                                             tv ? (long long)tv->tv_usec : 0));
+	if (err) {
 		errno = err;
 		return -1;
 	}
 	return note(FI_SELECT, real_select(nfds, rd, wr, ex, tv));
 }
 
-int accept4(int fd, __SOCKADDR_ARG sa, socklen_t *salen, int flags)
+#ifdef IP_GLIBC_TIME64
+/* glibc's other select (interpose.h): the same plan, its own timeval. */
+typedef int other_select_fn(int, fd_set *, fd_set *, fd_set *, struct ip_other_timeval *);
+int fi_other_select(int nfds, fd_set *rd, fd_set *wr, fd_set *ex, struct ip_other_timeval *tv)
+	__asm__(IP_OTHER_SELECT);
+int fi_other_select(int nfds, fd_set *rd, fd_set *wr, fd_set *ex, struct ip_other_timeval *tv)
 {
-	REAL(accept4_fn *, accept4);
+	static other_select_fn *real;
+	if (!real && !(real = (other_select_fn *)dlsym(RTLD_NEXT, IP_OTHER_SELECT)))
+		abort();
+	int err = select_decide(nfds, select_timeout(tv, tv ? (long long)tv->tv_sec : 0,
+	                                             tv ? (long long)tv->tv_usec : 0));
+	if (err) {
+		errno = err;
+		return -1;
+	}
+	return note(FI_SELECT, real(nfds, rd, wr, ex, tv));
+}
+#endif
+
+#ifdef HAVE_ACCEPT4
+int accept4(int fd, struct sockaddr *sa, socklen_t *salen, int flags)
+{
+	IP_REAL(accept4_fn *, accept4);
 	struct fi_args a = { FI_ACCEPT4, fd, 0, 0, 0 };
 	int err = decide(&a);
 	if (err) {
@@ -344,10 +384,11 @@ int accept4(int fd, __SOCKADDR_ARG sa, socklen_t *salen, int flags)
 	}
 	return real_accept4(fd, sa, salen, flags);
 }
+#endif
 
-int accept(int fd, __SOCKADDR_ARG sa, socklen_t *salen)
+int accept(int fd, struct sockaddr *sa, socklen_t *salen)
 {
-	REAL(accept_fn *, accept);
+	IP_REAL(accept_fn *, accept);
 	struct fi_args a = { FI_ACCEPT, fd, 0, 0, 0 };
 	int err = decide(&a);
 	if (err) {
@@ -357,9 +398,8 @@ int accept(int fd, __SOCKADDR_ARG sa, socklen_t *salen)
 	return real_accept(fd, sa, salen);
 }
 
-ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
+static ssize_t do_sendmsg(sendmsg_fn *real, int fd, const struct msghdr *msg, int flags)
 {
-	REAL(sendmsg_fn *, sendmsg);
 	size_t len = 0;
 	for (size_t i = 0; i < (size_t)msg->msg_iovlen; i++)
 		len += msg->msg_iov[i].iov_len;
@@ -377,18 +417,36 @@ ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 		}
 		m.msg_iov = &one;
 		m.msg_iovlen = 1;
-		return real_sendmsg(fd, &m, flags);
+		return real(fd, &m, flags);
 	}
 	if (err > 0) {
 		errno = err;
 		return -1;
 	}
-	return real_sendmsg(fd, msg, flags);
+	return real(fd, msg, flags);
 }
+
+ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+	IP_REAL(sendmsg_fn *, sendmsg);
+	return do_sendmsg(real_sendmsg, fd, msg, flags);
+}
+
+#ifdef IP_GLIBC_TIME64
+/* glibc's other sendmsg (interpose.h; the same types). */
+ssize_t fi_other_sendmsg(int fd, const struct msghdr *msg, int flags) __asm__(IP_OTHER_SENDMSG);
+ssize_t fi_other_sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+	static sendmsg_fn *real;
+	if (!real && !(real = (sendmsg_fn *)dlsym(RTLD_NEXT, IP_OTHER_SENDMSG)))
+		abort();
+	return do_sendmsg(real, fd, msg, flags);
+}
+#endif
 
 ssize_t send(int fd, const void *buf, size_t len, int flags)
 {
-	REAL(send_fn *, send);
+	IP_REAL(send_fn *, send);
 	struct fi_args a = { FI_SEND, fd, 0, 0, len };
 	int err = decide(&a);
 	if (err == FI_SHORT)
@@ -402,7 +460,7 @@ ssize_t send(int fd, const void *buf, size_t len, int flags)
 
 ssize_t writev(int fd, const struct iovec *iov, int iovcnt)
 {
-	REAL(writev_fn *, writev);
+	IP_REAL(writev_fn *, writev);
 	size_t len = 0;
 	for (int i = 0; i < iovcnt; i++)
 		len += iov[i].iov_len;

@@ -1,15 +1,21 @@
 /* faultinj: a syscall fault injector for the pollux test programs.
  *
- * faultinj.c defines epoll_wait, epoll_ctl, poll (and __poll_chk), select,
- * accept4, accept, sendmsg, send and writev in the test executable; realloc
- * is interposed by allocinj.c (link both), which applies the FI_REALLOC plan
- * through fi_realloc_fault.
+ * faultinj.c defines epoll_wait and epoll_ctl (where <sys/epoll.h> is), poll
+ * (and glibc's __poll_chk), select, accept4 (where the library calls it:
+ * HAVE_ACCEPT4), accept, sendmsg, send and writev in the test executable;
+ * realloc is interposed by allocinj.c (link both), which applies the
+ * FI_REALLOC plan through fi_realloc_fault.  On 32-bit glibc, select and
+ * sendmsg are defined under both of glibc's names (select and __select64,
+ * sendmsg and __sendmsg64: tests/interpose.h), whichever _TIME_BITS the
+ * library was built with.
  * The executable's definitions take precedence over libc's for every object
  * of the process, libpollux.so included (it calls them through its PLT), and
  * the same holds when libpollux is linked statically into the test.  Each
  * wrapper consults the fault plan of its call and otherwise forwards to the
- * real function (dlsym(RTLD_NEXT, name)).  Tests should check fi_calls() > 0
- * to prove that the interposition took effect.
+ * real function: dlsym(RTLD_NEXT) of the symbol the wrapper is, which is not
+ * always its C name (interpose.h).  Tests should check fi_calls() > 0 to
+ * prove that the interposition took effect; tu_init (testutil.c) checks the
+ * waits of every program at start-up.
  *
  * A plan: of the calls that match the plan's predicate (all calls when the
  * predicate is NULL), the first `skip` go through, the next `count` fail with

@@ -28,14 +28,30 @@ cfg="$dir/cfg/config.h"
 	[ -e /usr/include/sys/epoll.h ] && echo '#define HAVE_EPOLL 1'
 	[ -e /usr/include/poll.h ] && echo '#define HAVE_POLL 1'
 	echo '#define HAVE_ACCEPT4 1'
-	# what configure finds on Linux (src/core/compat.h)
-	echo '#define HAVE_DECL_POLLRDHUP 1'
-	echo '#define HAVE_DECL_SOCK_NONBLOCK 1'
-	echo '#define HAVE_DECL_SOCK_CLOEXEC 1'
-	echo '#define HAVE_DECL_MSG_NOSIGNAL 1'
-	echo '#define HAVE_BUILTIN_BITS 1'
+	echo '#define HAVE_BUILTIN_BITS 1' # the rest: probe() below
 	echo '#define PX_INVARIANTS 1' # the loop's invariants, checked after every iteration
 } > "$cfg"
+
+# tests/portable.h's answers for diffops.c (configure's test checks, asked of
+# $cc here): DEFINE, a header, an expression that compiles where it exists.
+probe() {
+	printf '#include <%s>\nint main(void) { (void)(%s); return 0; }\n' "$2" "$3" > "$dir/cfg/probe.c"
+	if "$cc" -std=c11 -D_GNU_SOURCE -fsyntax-only "$dir/cfg/probe.c" 2>/dev/null; then
+		echo "#define $1 1" >> "$cfg"
+	fi
+}
+probe HAVE_SYS_EVENTFD_H sys/eventfd.h 0
+probe HAVE_SYS_PRCTL_H sys/prctl.h 0
+probe HAVE_SYS_FILIO_H sys/filio.h 0
+probe HAVE_DECL_PIPE2 unistd.h pipe2
+probe HAVE_DECL_DUP3 unistd.h dup3
+probe HAVE_DECL_MKOSTEMP stdlib.h mkostemp
+probe HAVE_DECL_SOCK_NONBLOCK sys/socket.h SOCK_NONBLOCK
+probe HAVE_DECL_SOCK_CLOEXEC sys/socket.h SOCK_CLOEXEC
+probe HAVE_DECL_MSG_NOSIGNAL sys/socket.h MSG_NOSIGNAL
+probe HAVE_DECL_MSG_CMSG_CLOEXEC sys/socket.h MSG_CMSG_CLOEXEC
+probe HAVE_DECL_POLLRDHUP poll.h POLLRDHUP
+rm -f "$dir/cfg/probe.c"
 
 srcs="$lib/src/core/loop.c $lib/src/core/io.c $lib/src/core/timer.c $lib/src/core/clock.c $lib/src/core/check.c $lib/src/core/compat.c"
 for b in select poll epoll; do

@@ -46,11 +46,29 @@
  * Fallbacks: px_listen_tcp and px_acceptor_add are referenced weakly; while
  * the socket module is not linked in, the soak uses its own listening socket
  * and accept loop (and says so).
+ *
+ * Portability: the client is written on raw epoll, so without <sys/epoll.h>
+ * the program only says that it is skipped.  PR_SET_PDEATHSIG (Linux),
+ * SIOCOUTQ (diagnostics only), mallinfo2 and /proc are used where they are.
  */
+#include "portable.h" /* config.h first */
+
+#ifndef HAVE_SYS_EPOLL_H
+#include <stdio.h>
+
+int main(void)
+{
+	printf("soak: skipped: its client (the oracle, independent of pollux) is written on "
+	       "raw epoll, which this system does not have\n");
+	return 0;
+}
+#else
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#ifdef HAVE_MALLOC_H
 #include <malloc.h>
+#endif
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
@@ -65,9 +83,13 @@
 #include <dirent.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
+#ifdef HAVE_LINUX_SOCKIOS_H
 #include <linux/sockios.h>
+#endif
 #include <poll.h>
+#ifdef HAVE_SYS_PRCTL_H
 #include <sys/prctl.h>
+#endif
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -220,7 +242,7 @@ static size_t heap_in_use(void)
 {
 #if SOAK_ASAN
 	return 0;
-#elif defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+#elif defined(HAVE_MALLOC_H) && defined(HAVE_MALLINFO2)
 	struct mallinfo2 mi = mallinfo2();
 	return mi.uordblks + mi.hblkhd;
 #else
@@ -467,7 +489,7 @@ static bool cl_open(struct client *cl)
 {
 	if (cl->nfree == 0)
 		return false;
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int fd = tp_socket(AF_INET, SOCK_STREAM, 0, TP_NONBLOCK | TP_CLOEXEC);
 	if (fd < 0)
 		return false;
 	uint32_t idx = cl->freelist[--cl->nfree];
@@ -528,7 +550,7 @@ static void cl_send(struct client *cl, struct cconn *c)
 		if (n > MAX_MSG)
 			n = MAX_MSG;
 		stream_fill(c->seed, c->sent, cl->buf, n);
-		ssize_t w = send(c->fd, cl->buf, n, MSG_NOSIGNAL);
+		ssize_t w = tp_send(c->fd, cl->buf, n, 0);
 		if (w < 0) {
 			if (errno == EAGAIN || errno == EINTR)
 				break;
@@ -739,7 +761,9 @@ static int client_main(int port, uint32_t nconns, unsigned seconds, uint64_t see
 				if (shown++ < 10) {
 					int inq = -1, outq = -1;
 					(void)ioctl(c->fd, FIONREAD, &inq);
+#ifdef SIOCOUTQ
 					(void)ioctl(c->fd, SIOCOUTQ, &outq);
+#endif
 					struct sockaddr_in me;
 					socklen_t ml = sizeof(me);
 					getsockname(c->fd, (struct sockaddr *)&me, &ml);
@@ -992,7 +1016,7 @@ static void srv_own_accept(px_loop *loop, int lfd, unsigned revents, void *arg)
 	(void)revents;
 	struct server *s = arg;
 	for (int i = 0; i < 64; i++) {
-		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		int fd = tp_accept(lfd, NULL, NULL, TP_NONBLOCK | TP_CLOEXEC);
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED)
 				continue;
@@ -1078,7 +1102,7 @@ static void on_alarm(int sig)
 
 static int own_listen(int *port)
 {
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int fd = tp_socket(AF_INET, SOCK_STREAM, 0, TP_NONBLOCK | TP_CLOEXEC);
 	if (fd < 0)
 		return -errno;
 	int one = 1;
@@ -1143,7 +1167,7 @@ static bool soak_backend(const char *backend, uint32_t nconns, unsigned seconds,
 	int lfd = lib_listen ? px_listen_tcp("127.0.0.1", 0, BACKLOG) : own_listen(NULL);
 	int port = lfd >= 0 ? local_port(lfd) : -1;
 	int pfd[2];
-	if (lfd < 0 || port <= 0 || pipe2(pfd, O_CLOEXEC) < 0) {
+	if (lfd < 0 || port <= 0 || tp_pipe(pfd, TP_CLOEXEC) < 0) {
 		fprintf(stderr, "soak %s: listen failed: %s\n", backend,
 		        strerror(lfd < 0 ? -lfd : errno));
 		if (lfd >= 0)
@@ -1167,7 +1191,9 @@ static bool soak_backend(const char *backend, uint32_t nconns, unsigned seconds,
 		return false;
 	}
 	if (pid == 0) {
+#if defined(HAVE_SYS_PRCTL_H) && defined(PR_SET_PDEATHSIG)
 		(void)prctl(PR_SET_PDEATHSIG, SIGKILL);
+#endif /* elsewhere: the client's own deadline and alarm below */
 		if (getppid() != parent)
 			_exit(2);
 		signal(SIGALRM, SIG_DFL);
@@ -1242,9 +1268,11 @@ static bool soak_backend(const char *backend, uint32_t nconns, unsigned seconds,
 		if (shown++ < 10) {
 			int inq = -1, outq = -1;
 			(void)ioctl(c->fd, FIONREAD, &inq);
+#ifdef SIOCOUTQ
 			(void)ioctl(c->fd, SIOCOUTQ, &outq);
-			struct pollfd pf = { .fd = c->fd, .events = POLLIN | POLLOUT | POLLRDHUP };
-			(void)poll(&pf, 1, 0);
+#endif
+			struct pollfd pf = { .fd = c->fd };
+			pf.revents = tp_poll1(c->fd, POLLIN | POLLOUT | TP_POLLRDHUP);
 			struct sockaddr_in peer;
 			socklen_t pl = sizeof(peer);
 			getpeername(c->fd, (struct sockaddr *)&peer, &pl);
@@ -1510,3 +1538,4 @@ int main(int argc, char **argv)
 	}
 	return all_ok ? 0 : 1;
 }
+#endif /* HAVE_SYS_EPOLL_H */

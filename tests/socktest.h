@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "portable.h"
 #include "testutil.h"
 
 /* Slack for timing checks: generous under valgrind. */
@@ -64,7 +65,7 @@ static inline uint16_t st_port(int fd)
  * unless nonblock); *addr gets its address. */
 static inline int st_listener(int backlog, bool nonblock, struct sockaddr_in *addr)
 {
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0), 0);
+	int fd = tp_socket(AF_INET, SOCK_STREAM, 0, TP_CLOEXEC | (nonblock ? TP_NONBLOCK : 0));
 	assert_true(fd >= 0);
 	int one = 1;
 	assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)), 0);
@@ -79,7 +80,7 @@ static inline int st_listener(int backlog, bool nonblock, struct sockaddr_in *ad
 /* The address of a port nobody listens on: bound, then closed. */
 static inline struct sockaddr_in st_closed_port(void)
 {
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int fd = tp_socket(AF_INET, SOCK_STREAM, 0, TP_CLOEXEC);
 	assert_true(fd >= 0);
 	struct sockaddr_in a = st_loopback4(0);
 	assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
@@ -91,7 +92,7 @@ static inline struct sockaddr_in st_closed_port(void)
 /* A TCP socket (blocking unless nonblock), not connected. */
 static inline int st_tcp(bool nonblock)
 {
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0), 0);
+	int fd = tp_socket(AF_INET, SOCK_STREAM, 0, TP_CLOEXEC | (nonblock ? TP_NONBLOCK : 0));
 	assert_true(fd >= 0);
 	return fd;
 }
@@ -164,7 +165,7 @@ static inline void st_tcp_pair(int *client, int *server)
 	int l = st_listener(1, false, &a);
 	int c = st_tcp(false);
 	assert_int_equal(connect(c, (struct sockaddr *)&a, sizeof(a)), 0);
-	int s = accept4(l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	int s = tp_accept(l, NULL, NULL, TP_NONBLOCK | TP_CLOEXEC);
 	assert_true(s >= 0);
 	close(l);
 	assert_int_equal(fcntl(c, F_SETFL, st_flags(c) | O_NONBLOCK), 0);
@@ -188,7 +189,7 @@ static inline size_t st_write_pattern(int fd, size_t *off, size_t limit)
 		size_t n = limit - *off < sizeof(buf) ? limit - *off : sizeof(buf);
 		for (size_t i = 0; i < n; i++)
 			buf[i] = st_pattern(*off + i);
-		ssize_t w = send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+		ssize_t w = tp_send(fd, buf, n, MSG_DONTWAIT);
 		if (w < 0) {
 			if (errno == EINTR)
 				continue;

@@ -12,6 +12,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include "portable.h" /* config.h first */
 #include <dlfcn.h>
 #include <errno.h>
 #include <signal.h>
@@ -19,6 +20,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "interpose.h"
 #include "socktest.h"
 
 /* ------------------------------------------------------------------------ */
@@ -33,6 +35,7 @@ static struct {
 } inj;
 
 typedef int accept4_fn(int, struct sockaddr *, socklen_t *, int);
+typedef int accept_fn(int, struct sockaddr *, socklen_t *);
 
 static void inj_script(int n, const int *errs)
 {
@@ -60,20 +63,12 @@ static int inj_next(void)
 	return err;
 }
 
-static int real_accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
-{
-	static accept4_fn *fn;
-	if (!fn)
-		fn = (accept4_fn *)dlsym(RTLD_NEXT, "accept4");
-	if (!fn) {
-		errno = ENOSYS;
-		return -1;
-	}
-	return fn(fd, sa, len, flags);
-}
-
+/* accept4 only where the library calls it (HAVE_ACCEPT4); each forwards to
+ * the next definition of its own symbol (interpose.h). */
+#ifdef HAVE_ACCEPT4
 int accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
 {
+	IP_REAL(accept4_fn *, accept4);
 	int err = inj_next();
 	if (err) {
 		errno = err;
@@ -81,15 +76,17 @@ int accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
 	}
 	return real_accept4(fd, sa, len, flags);
 }
+#endif
 
 int accept(int fd, struct sockaddr *sa, socklen_t *len)
 {
+	IP_REAL(accept_fn *, accept);
 	int err = inj_next();
 	if (err) {
 		errno = err;
 		return -1;
 	}
-	return real_accept4(fd, sa, len, 0);
+	return real_accept(fd, sa, len);
 }
 
 static int setup(void **state)
@@ -283,7 +280,7 @@ static void test_acceptor_bad_input(void **state)
 	assert_int_equal(px_acceptor_add(loop, s, acc_cb, &st), -EINVAL); /* not listening */
 	assert_int_equal(px_acceptor_add(loop, p[0], acc_cb, &st), -ENOTSOCK);
 	assert_false(st_nonblocking(p[0]));
-	int udp = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	int udp = tp_socket(AF_INET, SOCK_DGRAM, 0, TP_CLOEXEC);
 	assert_int_equal(px_acceptor_add(loop, udp, acc_cb, &st), -EINVAL);
 	close(udp);
 

@@ -76,6 +76,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include "portable.h" /* config.h first */
 #include "testutil.h"
 #include "allocinj.h"
 
@@ -401,11 +402,11 @@ static px_loop *new_loop(const char *name)
 		int e = errno;
 		if (!fault)
 			failf("%s(%s): NULL, errno %s, and no allocation failed", what,
-			      name ? name : "", strerrorname_np(e));
+			      name ? name : "", tp_errname(e));
 		note_hit(what, -e);
 		if (e != ENOMEM)
 			failf("%s(%s): NULL with errno %s when an allocation failed; documented: ENOMEM",
-			      what, name ? name : "", strerrorname_np(e));
+			      what, name ? name : "", tp_errname(e));
 	}
 	failf("px_loop_new failed twice");
 	return NULL;
@@ -1241,7 +1242,7 @@ static void start_connect(struct conn_slot *c, bool tcp)
 	socklen_t len = tcp ? (socklen_t)sizeof tcp_addr : unix_len;
 
 	for (int attempt = 0; attempt < 2; attempt++) {
-		c->fd = socket(fam, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		c->fd = tp_socket(fam, SOCK_STREAM, 0, TP_CLOEXEC);
 		if (c->fd < 0)
 			failf("socket: %s", strerror(errno));
 		keep(c->fd);
@@ -1284,8 +1285,7 @@ static void accept_all(void)
 {
 	for (int l = 0; l < 2; l++) {
 		for (;;) {
-			int fd = accept4(l ? unix_lfd : tcp_lfd, NULL, NULL,
-			                 SOCK_NONBLOCK | SOCK_CLOEXEC);
+			int fd = tp_accept(l ? unix_lfd : tcp_lfd, NULL, NULL, TP_NONBLOCK | TP_CLOEXEC);
 			if (fd < 0)
 				break;
 			keep(fd);
@@ -1293,7 +1293,7 @@ static void accept_all(void)
 				srv_fd[nsrv++] = fd;
 			/* One byte for the client's watcher (abandoned
 			 * sockets just get closed at the end). */
-			(void)send(fd, "s", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+			(void)tp_send(fd, "s", 1, MSG_DONTWAIT);
 		}
 	}
 }
@@ -1309,7 +1309,7 @@ static bool conns_done(void)
 
 static int listen_tcp_local(struct sockaddr_in *sa)
 {
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int fd = tp_socket(AF_INET, SOCK_STREAM, 0, TP_NONBLOCK | TP_CLOEXEC);
 	int one = 1;
 	socklen_t len = sizeof *sa;
 
@@ -1326,23 +1326,44 @@ static int listen_tcp_local(struct sockaddr_in *sa)
 	return fd;
 }
 
+#ifndef __linux__
+static void unix_path_unlink(void)
+{
+	if (unix_addr.sun_path[0])
+		unlink(unix_addr.sun_path);
+}
+#endif
+
 static void sc_connect(int v)
 {
 	(void)v;
 	R->loop = new_loop(NULL);
 	tcp_lfd = listen_tcp_local(&tcp_addr);
-	unix_lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	unix_lfd = tp_socket(AF_UNIX, SOCK_STREAM, 0, TP_NONBLOCK | TP_CLOEXEC);
 	if (unix_lfd < 0)
 		failf("socket: %s", strerror(errno));
 	keep(unix_lfd);
 	memset(&unix_addr, 0, sizeof unix_addr);
 	unix_addr.sun_family = AF_UNIX;
+#ifdef __linux__
 	/* Abstract namespace: nothing on disk. */
 	int n = snprintf(unix_addr.sun_path + 1, sizeof unix_addr.sun_path - 1,
 	                 "pollux-test-alloc-%d", (int)getpid());
 	unix_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+#else
+	/* Linux's abstract namespace is not elsewhere: a path, removed at exit
+	 * (and before each bind: the scenario runs many times). */
+	const char *dir = getenv("TMPDIR");
+	int n = snprintf(unix_addr.sun_path, sizeof unix_addr.sun_path, "%s/pxalloc-%d.sock",
+	                 dir && *dir && strlen(dir) < 64 ? dir : "/tmp", (int)getpid());
+	unix_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + (size_t)n + 1);
+	static bool at;
+	if (!at && atexit(unix_path_unlink) == 0)
+		at = true;
+	unlink(unix_addr.sun_path);
+#endif
 	if (bind(unix_lfd, (struct sockaddr *)&unix_addr, unix_len) < 0 || listen(unix_lfd, 64) < 0)
-		failf("listen on an abstract unix socket: %s", strerror(errno));
+		failf("listen on a unix socket: %s", strerror(errno));
 	nsrv = 0;
 	memset(cslot, 0, sizeof cslot);
 	/* TCP connects are pending (deadline timer); unix ones finish at once
@@ -1435,7 +1456,7 @@ static void sc_acceptor(int v)
 	if (rc != 0)
 		failf("px_acceptor_add = %d", rc);
 	for (int i = 0; i < NCLI; i++) {
-		cli_fd[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		cli_fd[i] = tp_socket(AF_INET, SOCK_STREAM, 0, TP_CLOEXEC);
 		if (cli_fd[i] < 0)
 			failf("socket: %s", strerror(errno));
 		keep(cli_fd[i]);
@@ -1741,7 +1762,7 @@ static void scenario_test(void **state)
 				snprintf(what, sizeof what, "PX_ERR to the watcher");
 			else if (o.hit_rc < 0)
 				snprintf(what, sizeof what, "%s -> %s%s", o.hit_what,
-				         strerrorname_np((int)-o.hit_rc),
+				         tp_errname((int)-o.hit_rc),
 				         o.torn ? " (sticky, part sent: the header's exception)" : "");
 			else if (strstr(o.hit_what, "absorbed"))
 				snprintf(what, sizeof what, "%s", o.hit_what);

@@ -208,6 +208,7 @@ int main(int argc, char **argv)
 		return 77;
 	}
 
+	tu_check_interposers();
 	const char *be = getenv("POLLUX_BACKEND");
 	char name[64];
 	snprintf(name, sizeof name, "test_diff[%s]", be && *be ? be : "default");

@@ -42,6 +42,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include "portable.h" /* config.h first */
 #include "testutil.h"
 #include "faultinj.h"
 
@@ -132,7 +133,7 @@ static void child_timer_cb(px_loop *loop, int64_t id, void *arg)
 	int *sv = arg;
 	sv[2]++;
 	/* The timer writes; the io watcher reads and stops the loop. */
-	(void)send(sv[1], "ping", 4, MSG_NOSIGNAL);
+	(void)tp_send(sv[1], "ping", 4, 0);
 	(void)loop;
 }
 
@@ -143,7 +144,7 @@ static int child_own_loop(const char *want_backend)
 	CHECK(l != NULL, 10);
 	CHECK(strcmp(px_loop_backend(l), want_backend) == 0, 11);
 	int sv[3] = { -1, -1, 0 };
-	CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0, 12);
+	CHECK(tp_socketpair(AF_UNIX, SOCK_STREAM, 0, TP_NONBLOCK | TP_CLOEXEC, sv) == 0, 12);
 	struct child_io c = {0};
 	CHECK(px_io_add(l, sv[0], PX_READ, child_io_cb, &c) == 0, 13);
 	double t0 = tu_now_ms();
@@ -226,7 +227,7 @@ static void own_loop_case(bool free_inherited)
 
 	drained_bytes = 0;
 	tu_socketpair(sv);
-	assert_int_equal(pipe2(done, O_CLOEXEC | O_NONBLOCK), 0);
+	assert_int_equal(tp_pipe(done, TP_NONBLOCK | TP_CLOEXEC), 0);
 	p.done_fd = done[0];
 	assert_int_equal(px_io_add(loop, sv[0], PX_READ, rec_drain_cb, &p.rec), 0);
 	assert_int_equal(px_io_add(loop, done[0], PX_READ, done_cb, &p), 0);
@@ -353,7 +354,7 @@ static void test_fork_child_frees_inherited(void **state)
 	tu_socketpair(et);
 	tu_socketpair(one);
 	tu_socketpair(snd);
-	assert_int_equal(pipe2(done, O_CLOEXEC | O_NONBLOCK), 0);
+	assert_int_equal(tp_pipe(done, TP_NONBLOCK | TP_CLOEXEC), 0);
 	assert_int_equal(px_io_add(loop, lvl[0], PX_READ, rec_drain_cb, &p.rec), 0);
 	assert_int_equal(px_io_add(loop, et[0], PX_READ | PX_ET, rec_drain_cb, &p.rec), 0);
 	assert_int_equal(px_io_add(loop, one[0], PX_READ | PX_ONESHOT, rec_drain_cb, &p.rec), 0);

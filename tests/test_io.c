@@ -4,6 +4,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include "portable.h" /* config.h first */
 #include "testutil.h"
 
 #include <errno.h>
@@ -718,7 +719,7 @@ static void hup_write_cb(px_loop *loop, int fd, unsigned revents, void *arg)
 	h->calls++;
 	h->rev = revents;
 	errno = 0;
-	h->rc = send(fd, "x", 1, MSG_NOSIGNAL);
+	h->rc = tp_send(fd, "x", 1, 0);
 	h->err = errno;
 	px_loop_stop(loop);
 }

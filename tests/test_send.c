@@ -1,4 +1,5 @@
 #include <config.h>
+#include "portable.h"
 
 /*
  * Buffered sends: px_send, px_send_pending, px_send_notify.
@@ -33,6 +34,7 @@
 #include <unistd.h>
 
 #include "pollux.h"
+#include "testutil.h"
 
 #define WATCHDOG_S 60
 #define KiB 1024u
@@ -130,7 +132,7 @@ static void set_bufs(int fd, int snd, int rcv)
 
 static void unix_pair(int sv[2], int type)
 {
-	if (socketpair(AF_UNIX, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0)
+	if (tp_socketpair(AF_UNIX, type, 0, TP_NONBLOCK | TP_CLOEXEC, sv) != 0)
 		fail_msg("socketpair: %s", strerror(errno));
 }
 
@@ -141,7 +143,7 @@ static void tcp_pair(int sv[2], int snd, int rcv)
 {
 	struct sockaddr_in a = { .sin_family = AF_INET };
 	socklen_t alen = sizeof(a);
-	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int l = tp_socket(AF_INET, SOCK_STREAM, 0, TP_CLOEXEC);
 	int one = 1;
 
 	assert_true(l >= 0);
@@ -150,11 +152,11 @@ static void tcp_pair(int sv[2], int snd, int rcv)
 	assert_int_equal(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
 	assert_int_equal(listen(l, 1), 0);
 	assert_int_equal(getsockname(l, (struct sockaddr *)&a, &alen), 0);
-	int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int c = tp_socket(AF_INET, SOCK_STREAM, 0, TP_CLOEXEC);
 	assert_true(c >= 0);
 	set_bufs(c, snd, 0);
 	assert_int_equal(connect(c, (struct sockaddr *)&a, sizeof(a)), 0);
-	int s = accept4(l, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	int s = tp_accept(l, NULL, NULL, TP_NONBLOCK | TP_CLOEXEC);
 	assert_true(s >= 0);
 	close(l);
 	assert_int_equal(fcntl(c, F_SETFL, fcntl(c, F_GETFL) | O_NONBLOCK), 0);
@@ -179,7 +181,7 @@ static size_t fill_kernel(int fd)
 	size_t total = 0;
 
 	for (;;) {
-		ssize_t n = send(fd, junk, sizeof(junk), MSG_NOSIGNAL | MSG_DONTWAIT);
+		ssize_t n = tp_send(fd, junk, sizeof(junk), MSG_DONTWAIT);
 		if (n < 0) {
 			assert_true(errno == EAGAIN || errno == EWOULDBLOCK);
 			return total;
@@ -365,7 +367,7 @@ static void test_errors(void **state)
 	assert_int_equal(px_send(loop, sv[0], b, 3), -ENOENT);
 
 	/* Not a socket. */
-	assert_int_equal(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
+	assert_int_equal(tp_pipe(p, TP_NONBLOCK | TP_CLOEXEC), 0);
 	assert_int_equal(px_io_add(loop, p[1], 0, never_cb, NULL), 0);
 	assert_int_equal(px_send(loop, p[1], b, 3), -ENOTSOCK);
 	assert_int_equal(px_send(loop, p[1], b, 3), -ENOTSOCK);
@@ -424,7 +426,7 @@ static void test_owned_fds(void **state)
 	socklen_t alen = sizeof(a);
 	int done = 0;
 
-	int l = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int l = tp_socket(AF_INET, SOCK_STREAM, 0, TP_NONBLOCK | TP_CLOEXEC);
 	assert_true(l >= 0);
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	assert_int_equal(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
@@ -434,7 +436,7 @@ static void test_owned_fds(void **state)
 	assert_int_equal(px_send(loop, l, "x", 1), -ENOENT);
 	assert_int_equal(px_send_notify(loop, l, 0, NULL, NULL), -ENOENT);
 
-	int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int c = tp_socket(AF_INET, SOCK_STREAM, 0, TP_NONBLOCK | TP_CLOEXEC);
 	assert_true(c >= 0);
 	int rc = px_connect(loop, c, (struct sockaddr *)&a, sizeof(a), 5000, connect_cb, &done);
 	if (rc == 0) {
@@ -966,7 +968,7 @@ static void mixed_tick(px_loop *loop, int64_t id, void *arg)
 	if (n > 0)
 		m->got += (size_t)n;
 	if (++m->tick % 5 == 1)
-		assert_int_equal(send(m->rx, "x", 1, MSG_NOSIGNAL), 1);
+		assert_int_equal(tp_send(m->rx, "x", 1, 0), 1);
 	if (px_send_pending(loop, m->tx) == 0) {
 		m->got += drain_kernel(m->rx);
 		px_loop_stop(loop);
@@ -1258,7 +1260,7 @@ static void test_seqpacket(void **state)
 	unix_pair(sv, SOCK_SEQPACKET);
 	assert_int_equal(px_io_add(loop, sv[0], 0, never_cb, NULL), 0);
 	/* Fill the kernel with messages, then queue 40 more of varied sizes. */
-	while (send(sv[0], msg, 1000, MSG_DONTWAIT | MSG_NOSIGNAL) == 1000)
+	while (tp_send(sv[0], msg, 1000, MSG_DONTWAIT) == 1000)
 		nmsg++;
 	for (int i = 0; i < 40; i++) {
 		memset(msg, i, sizeof(msg));
@@ -1311,6 +1313,7 @@ int main(void)
 
 	signal(SIGPIPE, SIG_DFL); /* a raised SIGPIPE kills the test */
 	signal(SIGALRM, SIG_DFL);
+	tu_check_interposers(); /* as every program linking tests/waitcount.c */
 	snprintf(name, sizeof(name), "test_send[%s]", be && *be ? be : "default");
 	return cmocka_run_group_tests_name(name, tests, NULL, NULL);
 }

@@ -8,6 +8,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include "portable.h" /* config.h first */
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -115,7 +116,7 @@ static void test_accept_reset_before_accept(void **state)
 	int good = st_tcp(false);
 	assert_int_equal(connect(good, (struct sockaddr *)&a, sizeof(a)), 0);
 	uint16_t good_port = st_port(good);
-	assert_int_equal(send(good, "G", 1, MSG_NOSIGNAL), 1);
+	assert_int_equal(tp_send(good, "G", 1, 0), 1);
 
 	bool got_good = false;
 	double t0 = tu_now_ms();
@@ -163,7 +164,7 @@ static void test_connect_timeout_success(void **state)
 		assert_int_equal(px_connect_timeout(c, (struct sockaddr *)&a, sizeof(a), 2000), 0);
 		assert_int_equal(st_nonblocking(c), nb);
 		/* It is connected: the peer sees it. */
-		assert_int_equal(send(c, "x", 1, MSG_NOSIGNAL), 1);
+		assert_int_equal(tp_send(c, "x", 1, 0), 1);
 		close(c);
 	}
 	/* No limit. */
@@ -386,7 +387,7 @@ static void test_connect_async_success(void **state)
 		tu_run_for(loop, 50);
 		assert_int_equal(s.calls, 1);
 		assert_int_equal(px_io_del(loop, c), -ENOENT);
-		assert_int_equal(send(c, "x", 1, MSG_NOSIGNAL), 1);
+		assert_int_equal(tp_send(c, "x", 1, 0), 1);
 		close(c);
 	}
 	px_loop_free(loop);
@@ -598,7 +599,7 @@ static void check_roundtrip(int l, const char *host)
 			tu_sleep_ms(5);
 	}
 	assert_true(s >= 0);
-	assert_int_equal(send(c, "hi", 2, MSG_NOSIGNAL), 2);
+	assert_int_equal(tp_send(c, "hi", 2, 0), 2);
 	char buf[2];
 	struct pollfd pf = { .fd = s, .events = POLLIN };
 	assert_int_equal(poll(&pf, 1, 2000), 1);
@@ -622,7 +623,7 @@ static void check_listener(int l)
 
 static bool have_ipv6(void)
 {
-	int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int fd = tp_socket(AF_INET6, SOCK_STREAM, 0, TP_CLOEXEC);
 	if (fd < 0)
 		return false;
 	struct sockaddr_in6 a = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT };
@@ -801,8 +802,8 @@ static void test_udp(void **state)
 {
 	(void)state;
 	px_loop *loop = tu_loop();
-	int r = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	int w = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	int r = tp_socket(AF_INET, SOCK_DGRAM, 0, TP_NONBLOCK | TP_CLOEXEC);
+	int w = tp_socket(AF_INET, SOCK_DGRAM, 0, TP_CLOEXEC);
 	assert_true(r >= 0 && w >= 0);
 	struct sockaddr_in a = st_loopback4(0);
 	assert_int_equal(bind(r, (struct sockaddr *)&a, sizeof(a)), 0);

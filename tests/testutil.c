@@ -5,6 +5,8 @@
 #define _GNU_SOURCE
 #endif
 #include "testutil.h"
+#include "interpose.h"
+#include "portable.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -27,6 +29,82 @@ int tu_setup(void **state)
 	return 0;
 }
 
+static void init_io_cb(px_loop *loop, int fd, unsigned revents, void *arg)
+{
+	(void)loop;
+	(void)fd;
+	(void)revents;
+	(*(int *)arg)++;
+}
+
+/* The wait interposer (waitcount.c or faultinj.c) must see the library's
+ * waits, or every check that counts them proves nothing: one iteration of
+ * the loop with a ready pipe must count one wait or more.  A libc whose
+ * headers rename the wait (interpose.h) shows up here.  Ends the program. */
+static void check_wait_interposer(px_loop *l)
+{
+	int p[2], calls = 0;
+	if (tp_pipe(p, TP_NONBLOCK | TP_CLOEXEC) != 0 || write(p[1], "x", 1) != 1) {
+		fprintf(stderr, "tu_init: pipe: %s\n", strerror(errno));
+		exit(99);
+	}
+	long w0 = tu_wait_calls();
+	int rc = px_io_add(l, p[0], PX_READ, init_io_cb, &calls);
+	if (rc == 0)
+		rc = px_loop_run(l, PX_RUN_NOWAIT);
+	if (rc == 0)
+		rc = px_io_del(l, p[0]);
+	close(p[0]);
+	close(p[1]);
+	if (rc != 0 || calls != 1) {
+		fprintf(stderr, "tu_init: one iteration with a ready pipe: rc %d, %d callback(s)\n", rc,
+		        calls);
+		exit(99);
+	}
+	if (tu_wait_calls() == w0) {
+		fprintf(stderr,
+		        "tu_init: the wait interposer did not see the %s backend's wait: libpollux "
+		        "calls a symbol that tests/waitcount.c or tests/faultinj.c does not define "
+		        "(see tests/interpose.h), and the wait counts would prove nothing\n",
+		        px_loop_backend(l));
+		exit(99);
+	}
+}
+
+#ifdef IP_GLIBC_TIME64
+/* Both of glibc's selects (interpose.h) are interposed, each forwards to its
+ * own real one, and each reads its own timeval: 30 ms must take 20 ms to 2
+ * s and count one wait. */
+static void check_select_entry(const char *sym, int (*fn)(int, void *, void *, void *, void *),
+                               void *tv)
+{
+	long w0 = tu_wait_calls();
+	double t0 = tu_now_ms();
+	int rc = fn ? fn(0, NULL, NULL, NULL, tv) : -2;
+	double ms = tu_now_ms() - t0;
+	if (rc != 0 || tu_wait_calls() != w0 + 1 || ms < 20 || ms > 2000) {
+		fprintf(stderr,
+		        "tu_init: %s(0, NULL, NULL, NULL, 30 ms): rc %d in %.1f ms, %ld wait(s) "
+		        "counted: that select is not interposed, or forwards to the wrong one\n",
+		        sym, rc, ms, tu_wait_calls() - w0);
+		exit(99);
+	}
+}
+
+static void check_select_entries(void)
+{
+	struct {
+		int32_t sec, usec;
+	} t32 = { 0, 30000 };
+	struct {
+		int64_t sec, usec;
+	} t64 = { 0, 30000 };
+	typedef int sel(int, void *, void *, void *, void *);
+	check_select_entry("select", (sel *)dlsym(RTLD_DEFAULT, "select"), &t32);
+	check_select_entry("__select64", (sel *)dlsym(RTLD_DEFAULT, "__select64"), &t64);
+}
+#endif
+
 void tu_init(const char *prog)
 {
 	signal(SIGALRM, SIG_DFL);
@@ -38,6 +116,21 @@ void tu_init(const char *prog)
 	       l ? px_loop_backend(l) : "(px_loop_new failed)");
 	fflush(stdout);
 	px_loop_free(l);
+	tu_check_interposers();
+}
+
+void tu_check_interposers(void)
+{
+	px_loop *l = px_loop_new();
+	if (!l) {
+		fprintf(stderr, "tu_check_interposers: px_loop_new: %s\n", strerror(errno));
+		exit(99);
+	}
+	check_wait_interposer(l);
+	px_loop_free(l);
+#ifdef IP_GLIBC_TIME64
+	check_select_entries();
+#endif
 }
 
 const char *tu_group_name(const char *prog)
@@ -50,7 +143,7 @@ const char *tu_group_name(const char *prog)
 
 void tu_socketpair(int sv[2])
 {
-	int rc = socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv);
+	int rc = tp_socketpair(AF_UNIX, SOCK_STREAM, 0, TP_NONBLOCK | TP_CLOEXEC, sv);
 	if (rc != 0)
 		fail_msg("socketpair: %s", strerror(errno));
 }
@@ -78,7 +171,7 @@ void tu_socketpair_at(int sv[2], int num)
 		sv[1] = p[0];
 		return;
 	}
-	if (dup3(p[0], num, O_CLOEXEC) != num)
+	if (tp_dup_to(p[0], num, TP_CLOEXEC) != num)
 		fail_msg("dup3 to %d: %s", num, strerror(errno));
 	close(p[0]);
 	sv[0] = num;
@@ -89,7 +182,7 @@ void tu_socketpair_at(int sv[2], int num)
 
 void tu_send(int fd, const void *buf, size_t len)
 {
-	ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+	ssize_t n = tp_send(fd, buf, len, 0);
 	if (n != (ssize_t)len)
 		fail_msg("send(%d, %zu) = %zd: %s", fd, len, n, strerror(errno));
 }
@@ -104,7 +197,7 @@ size_t tu_fill(int fd)
 	static char buf[65536];
 	size_t total = 0;
 	for (;;) {
-		ssize_t n = send(fd, buf, sizeof buf, MSG_NOSIGNAL | MSG_DONTWAIT);
+		ssize_t n = tp_send(fd, buf, sizeof buf, MSG_DONTWAIT);
 		if (n > 0) {
 			total += (size_t)n;
 			continue;
@@ -143,13 +236,34 @@ int tu_pending(int fd)
 	return n;
 }
 
+/* Without /proc/self/fd (the BSDs, macOS; /dev/fd may list 0-2 only):
+ * every number below the soft RLIMIT_NOFILE (no fd can be above it but
+ * one opened before the limit was lowered; capped at 2^20) is asked. */
+static int list_fds_fcntl(int *out, int cap)
+{
+	struct rlimit rl;
+	long max = 1L << 20;
+	int n = 0;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+	    rl.rlim_cur < (rlim_t)max)
+		max = (long)rl.rlim_cur;
+	for (long fd = 0; fd < max; fd++) {
+		if (fcntl((int)fd, F_GETFD) < 0)
+			continue;
+		if (n < cap)
+			out[n] = (int)fd;
+		n++;
+	}
+	return n;
+}
+
 int tu_list_fds(int *out, int cap)
 {
 	DIR *d = opendir("/proc/self/fd");
 	int n = 0, self;
 	struct dirent *e;
 	if (!d)
-		fail_msg("opendir /proc/self/fd: %s", strerror(errno));
+		return list_fds_fcntl(out, cap); /* already sorted */
 	self = dirfd(d);
 	while ((e = readdir(d)) != NULL) {
 		char *end;
@@ -428,11 +542,14 @@ int tu_regfile_at(int num)
 	struct stat st;
 	if (!dir || !*dir)
 		dir = "/tmp";
-	int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	int fd = -1;
+#ifdef O_TMPFILE
+	fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+#endif
 	if (fd < 0) { /* no O_TMPFILE here: a named file, unlinked at once */
 		char path[4096];
 		snprintf(path, sizeof path, "%s/pollux-test-XXXXXX", dir);
-		fd = mkostemp(path, O_CLOEXEC);
+		fd = tp_mkstemp_cloexec(path);
 		if (fd < 0)
 			fail_msg("mkostemp %s: %s", path, strerror(errno));
 		unlink(path);
@@ -440,7 +557,7 @@ int tu_regfile_at(int num)
 	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
 		fail_msg("%s: no regular file for fd %d", dir, fd);
 	if (num >= 0 && fd != num) {
-		if (dup3(fd, num, O_CLOEXEC) != num)
+		if (tp_dup_to(fd, num, TP_CLOEXEC) != num)
 			fail_msg("dup3 to %d: %s", num, strerror(errno));
 		close(fd);
 		fd = num;

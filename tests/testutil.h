@@ -36,6 +36,11 @@ int tu_setup(void **state);
 #define TU_RUN(prog, tests) \
 	(tu_init(prog), cmocka_run_group_tests_name(tu_group_name(prog), tests, NULL, NULL))
 void tu_init(const char *prog);
+/* Ends the program (status 99, with a message) unless the wait interposer
+ * (tests/waitcount.c or tests/faultinj.c) sees the library's waits on the
+ * backend in the environment, and, on 32-bit glibc, both selects forward
+ * right (tests/interpose.h).  tu_init calls it. */
+void tu_check_interposers(void);
 const char *tu_group_name(const char *prog);
 
 /* AF_UNIX SOCK_STREAM pair, non-blocking and close-on-exec (asserts). */

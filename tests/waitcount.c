@@ -6,7 +6,10 @@
  * the library calls instead) and select in the test executable; like
  * faultinj.c's wrappers, they take precedence over libc's for libpollux.so
  * too, count the call and forward to the real function found with
- * dlsym(RTLD_NEXT).  tu_wait_calls() (testutil.h) is the total.  A loop's
+ * dlsym(RTLD_NEXT) under the symbol they are (interpose.h: select may be
+ * __select64; on 32-bit glibc both selects are defined).  __poll_chk only
+ * where libc has it.  tu_wait_calls() (testutil.h) is the total, and
+ * tu_init checks at start-up that the library's waits reach it.  A loop's
  * iterations each make one wait, and the select/poll PX_ET emulation's
  * probe is a poll(..., 0): counting them tells an idle loop (a few calls per
  * event or timer) from a spinning one (thousands per second) however busy
@@ -20,8 +23,8 @@
 #define _GNU_SOURCE
 #endif
 #include "testutil.h"
+#include "interpose.h"
 
-#include <dlfcn.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <sys/select.h>
@@ -36,14 +39,6 @@ long tu_wait_calls(void)
 	return nwaits;
 }
 
-#define REAL(type, name)                                                          \
-	static type real_##name;                                                  \
-	if (!real_##name) {                                                       \
-		real_##name = (type)dlsym(RTLD_NEXT, #name);                      \
-		if (!real_##name)                                                 \
-			abort();                                                  \
-	}
-
 typedef int poll_fn(struct pollfd *, nfds_t, int);
 typedef int select_fn(int, fd_set *, fd_set *, fd_set *, struct timeval *);
 
@@ -52,7 +47,7 @@ typedef int epoll_wait_fn(int, struct epoll_event *, int, int);
 
 int epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout)
 {
-	REAL(epoll_wait_fn *, epoll_wait);
+	IP_REAL(epoll_wait_fn *, epoll_wait);
 	nwaits++;
 	return real_epoll_wait(epfd, events, maxevents, timeout);
 }
@@ -60,11 +55,12 @@ int epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout)
 
 int poll(struct pollfd *fds, nfds_t nfds, int timeout)
 {
-	REAL(poll_fn *, poll);
+	IP_REAL(poll_fn *, poll);
 	nwaits++;
 	return real_poll(fds, nfds, timeout);
 }
 
+#ifdef HAVE___POLL_CHK
 int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size_t fdslen);
 int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size_t fdslen)
 {
@@ -72,10 +68,26 @@ int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size_t fdslen)
 		abort();
 	return poll(fds, nfds, timeout);
 }
+#endif
 
 int select(int nfds, fd_set *rd, fd_set *wr, fd_set *ex, struct timeval *tv)
 {
-	REAL(select_fn *, select);
+	IP_REAL(select_fn *, select);
 	nwaits++;
 	return real_select(nfds, rd, wr, ex, tv);
 }
+
+#ifdef IP_GLIBC_TIME64
+/* glibc's other select (interpose.h). */
+typedef int other_select_fn(int, fd_set *, fd_set *, fd_set *, struct ip_other_timeval *);
+int ip_other_select(int nfds, fd_set *rd, fd_set *wr, fd_set *ex, struct ip_other_timeval *tv)
+	__asm__(IP_OTHER_SELECT);
+int ip_other_select(int nfds, fd_set *rd, fd_set *wr, fd_set *ex, struct ip_other_timeval *tv)
+{
+	static other_select_fn *real;
+	if (!real && !(real = (other_select_fn *)dlsym(RTLD_NEXT, IP_OTHER_SELECT)))
+		abort();
+	nwaits++;
+	return real(nfds, rd, wr, ex, tv);
+}
+#endif
