@@ -311,6 +311,26 @@ PX_API int px_acceptor_del(px_loop *loop, int listen_fd);
 PX_API int px_listen_tcp(const char *host, uint16_t port, int backlog);
 
 /*
+ * px_listen_tcp with options; px_listen_tcp(h, p, b) is
+ * px_listen_tcp_opts(h, p, b, 0).  flags, or-ed:
+ *   PX_LISTEN_REUSEPORT  SO_REUSEPORT: several listeners (one per loop,
+ *                        each in its own thread) share a port, the kernel
+ *                        spreads connections over them.  Every listener of
+ *                        the port must set it.  -ENOTSUP where the system
+ *                        has no SO_REUSEPORT.
+ *   PX_LISTEN_V6ONLY     an IPv6 listener that does not take IPv4
+ *                        (IPV6_V6ONLY=1).  host NULL: [::] only, with no
+ *                        fallback to 0.0.0.0 (-EAFNOSUPPORT etc. where the
+ *                        system has no IPv6).  Otherwise only host's IPv6
+ *                        addresses are tried: an IPv4 literal or a name
+ *                        with no IPv6 address is -EINVAL.
+ * Unknown flags: -EINVAL.  Otherwise as px_listen_tcp.
+ */
+#define PX_LISTEN_REUSEPORT 0x01u
+#define PX_LISTEN_V6ONLY    0x02u
+PX_API int px_listen_tcp_opts(const char *host, uint16_t port, int backlog, unsigned flags);
+
+/*
  * A connected, blocking, close-on-exec TCP socket to host:port, trying each
  * resolved address in turn until timeout_ms (< 0: no limit) has passed; the
  * deadline covers connecting, not name resolution.  Returns the fd or -errno:

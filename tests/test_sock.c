@@ -11,6 +11,7 @@
 #include "portable.h" /* config.h first */
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
@@ -678,6 +679,120 @@ static void test_listen_connect_tcp(void **state)
 	assert_int_equal(tu_count_fds(), before);
 }
 
+/* px_listen_tcp_opts: flags checked; REUSEPORT shares a port. */
+static void test_listen_opts_flags(void **state)
+{
+	(void)state;
+	int before = tu_count_fds();
+
+	assert_int_equal(px_listen_tcp_opts(NULL, 0, 0, 0x04u), -EINVAL);
+	assert_int_equal(px_listen_tcp_opts("127.0.0.1", 0, 0, 0x80000000u), -EINVAL);
+	assert_int_equal(px_listen_tcp_opts("127.0.0.1", 0, 0, ~0u), -EINVAL);
+
+	/* flags 0 is px_listen_tcp. */
+	int l = px_listen_tcp_opts("127.0.0.1", 0, 0, 0);
+	check_listener(l);
+	check_roundtrip(l, "127.0.0.1");
+	close(l);
+
+	int l1 = px_listen_tcp_opts("127.0.0.1", 0, 0, PX_LISTEN_REUSEPORT);
+#ifndef SO_REUSEPORT
+	assert_int_equal(l1, -ENOTSUP);
+	printf("skipped: REUSEPORT sharing, the system has no SO_REUSEPORT\n");
+#else
+	check_listener(l1);
+	int v = 0;
+	socklen_t len = sizeof(v);
+	assert_int_equal(getsockopt(l1, SOL_SOCKET, SO_REUSEPORT, &v, &len), 0);
+	assert_true(v != 0);
+	uint16_t port = st_port(l1);
+	int l2 = px_listen_tcp_opts("127.0.0.1", port, 0, PX_LISTEN_REUSEPORT);
+	check_listener(l2);
+	assert_int_equal(st_port(l2), port);
+	/* Without the flag the port is taken. */
+	assert_int_equal(px_listen_tcp_opts("127.0.0.1", port, 0, 0), -EADDRINUSE);
+	assert_int_equal(px_listen_tcp("127.0.0.1", port, 0), -EADDRINUSE);
+
+	/* Connections land on one listener or the other; all are accepted. */
+	enum { NCONN = 8 };
+	int c[NCONN], got = 0, on1 = 0, on2 = 0;
+	for (int i = 0; i < NCONN; i++) {
+		c[i] = px_connect_tcp("127.0.0.1", port, 2000);
+		assert_true(c[i] >= 0);
+	}
+	for (int tries = 0; got < NCONN && tries < 400; tries++) {
+		struct pollfd pf[2] = { { .fd = l1, .events = POLLIN }, { .fd = l2, .events = POLLIN } };
+		if (poll(pf, 2, 10) <= 0)
+			continue;
+		for (int k = 0; k < 2; k++) {
+			int s;
+			while ((s = px_accept(pf[k].fd, NULL, NULL)) >= 0) {
+				close(s);
+				got++;
+				*(k ? &on2 : &on1) += 1;
+			}
+			assert_int_equal(s, -EAGAIN);
+		}
+	}
+	assert_int_equal(got, NCONN);
+	assert_int_equal(on1 + on2, NCONN);
+	st_close_all(c, NCONN);
+	close(l2);
+#endif
+	if (l1 >= 0)
+		close(l1);
+	assert_int_equal(tu_count_fds(), before);
+}
+
+/* px_listen_tcp_opts(PX_LISTEN_V6ONLY): IPv6 only, IPv4 refused. */
+static void test_listen_opts_v6only(void **state)
+{
+	(void)state;
+	int before = tu_count_fds();
+
+	/* An IPv4 host has no IPv6 address to listen on. */
+	assert_int_equal(px_listen_tcp_opts("127.0.0.1", 0, 0, PX_LISTEN_V6ONLY), -EINVAL);
+	if (!have_ipv6()) {
+		printf("skipped: V6ONLY listeners, the machine has no IPv6 loopback (::1)\n");
+		assert_int_equal(tu_count_fds(), before);
+		return;
+	}
+
+	const char *hosts[] = { NULL, "::1" };
+	for (size_t i = 0; i < sizeof(hosts) / sizeof(hosts[0]); i++) {
+		int l = px_listen_tcp_opts(hosts[i], 0, 0, PX_LISTEN_V6ONLY);
+		check_listener(l);
+		struct sockaddr_storage ss;
+		socklen_t len = sizeof(ss);
+		assert_int_equal(getsockname(l, (struct sockaddr *)&ss, &len), 0);
+		assert_int_equal(ss.ss_family, AF_INET6);
+		int v = 0;
+		len = sizeof(v);
+		assert_int_equal(getsockopt(l, IPPROTO_IPV6, IPV6_V6ONLY, &v, &len), 0);
+		assert_int_equal(v, 1);
+		check_roundtrip(l, "::1");
+		assert_int_equal(px_connect_tcp("127.0.0.1", st_port(l), 1000), -ECONNREFUSED);
+		assert_int_equal(px_accept(l, NULL, NULL), -EAGAIN);
+		close(l);
+	}
+
+	/* Without the flag, host NULL stays dual-stack. */
+	int l = px_listen_tcp_opts(NULL, 0, 0, 0);
+	check_listener(l);
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	assert_int_equal(getsockname(l, (struct sockaddr *)&ss, &len), 0);
+	if (ss.ss_family == AF_INET6) {
+		int v = 1;
+		len = sizeof(v);
+		assert_int_equal(getsockopt(l, IPPROTO_IPV6, IPV6_V6ONLY, &v, &len), 0);
+		assert_int_equal(v, 0);
+	}
+	check_roundtrip(l, "127.0.0.1");
+	close(l);
+	assert_int_equal(tu_count_fds(), before);
+}
+
 static void test_connect_tcp_timeout(void **state)
 {
 	(void)state;
@@ -851,6 +966,8 @@ int main(void)
 		TU_TEST(test_connect_async_free),
 		TU_TEST(test_connect_async_bad_input),
 		TU_TEST(test_listen_connect_tcp),
+		TU_TEST(test_listen_opts_flags),
+		TU_TEST(test_listen_opts_v6only),
 		TU_TEST(test_connect_tcp_timeout),
 		TU_TEST(test_send_eagain),
 		TU_TEST(test_udp),
