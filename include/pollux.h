@@ -97,6 +97,58 @@ PX_API void px_loop_stop(px_loop *loop);
  * wait.  Arbitrary epoch.  0 for NULL. */
 PX_API uint64_t px_loop_now(const px_loop *loop);
 
+/*
+ * Counters of a loop, since px_loop_new; fields are only ever appended.
+ *   iterations       loop iterations run (each wait-and-dispatch round)
+ *   waits            calls of the backend's wait (an interrupted wait that
+ *                    is retried counts again)
+ *   empty_wakeups    waits that returned before their timeout with no event:
+ *                    interrupted (EINTR), or woken with nothing to report.
+ *                    A wait with timeout 0 that returns nothing is not one.
+ *   events           ready events the backend reported
+ *   io_callbacks     io callbacks called (px_io_add's, and the library's own
+ *                    watchers: acceptors, pending connects)
+ *   timer_callbacks  timer callbacks called (the library's own timers too:
+ *                    connect timeouts, acceptor back-offs)
+ *   stale_dropped    events dropped by stale-event protection: for a watcher
+ *                    deleted or re-added after the wait, or for a lost
+ *                    registration of a closed file
+ *   closed_fds       registered fds found closed (EBADF, POLLNVAL), or whose
+ *                    change the kernel refused, reported as PX_ERR
+ *   kernel_changes   registrations added, changed or removed in the kernel's
+ *                    interest set (the backend's own set for poll/select)
+ *   accepted         connections accepted by acceptors
+ *   accept_backoffs  times an acceptor backed off on an accept error
+ *   send_queued      bytes now queued by px_send over all fds
+ *   posts, signals   always 0 for now: px_loop_post and signal watchers
+ *                    are not implemented yet
+ */
+struct px_loop_stats {
+	uint64_t iterations;
+	uint64_t waits;
+	uint64_t empty_wakeups;
+	uint64_t events;
+	uint64_t io_callbacks;
+	uint64_t timer_callbacks;
+	uint64_t stale_dropped;
+	uint64_t closed_fds;
+	uint64_t kernel_changes;
+	uint64_t accepted;
+	uint64_t accept_backoffs;
+	uint64_t send_queued;
+	uint64_t posts;
+	uint64_t signals;
+};
+
+/*
+ * Copies the first size bytes of the loop's counters to *st: pass
+ * sizeof *st, and a program built against an older, smaller struct keeps
+ * working (size 8 fills iterations alone, the rest of *st is untouched).
+ * Any size > 0 is taken; bytes beyond this library's struct are set to 0.
+ * Callable from callbacks.  0, or -EINVAL for a NULL loop or st or size 0.
+ */
+PX_API int px_loop_stats(const px_loop *loop, struct px_loop_stats *st, size_t size);
+
 /* Library version, e.g. "1.0.0". */
 PX_API const char *px_version(void);
 

@@ -6,10 +6,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 /* ---- environment save/restore ------------------------------------------ */
@@ -893,6 +895,227 @@ static void test_two_loops_independent(void **state)
 	tu_close_pair(sv);
 }
 
+/* ---- px_loop_stats ------------------------------------------------------ */
+
+static void stats_count_cb(px_loop *loop, int fd, unsigned revents, void *arg)
+{
+	(void)loop;
+	(void)fd;
+	assert_int_equal(revents, PX_READ);
+	(*(int *)arg)++;
+}
+
+struct readd {
+	int fd;
+	int *count;
+};
+
+/* Timers run before io dispatch: deleting and re-adding fd here makes its
+ * event of this iteration stale. */
+static void stats_readd_timer_cb(px_loop *loop, int64_t id, void *arg)
+{
+	struct readd *r = arg;
+	(void)id;
+	assert_int_equal(px_io_del(loop, r->fd), 0);
+	assert_int_equal(px_io_add(loop, r->fd, PX_READ, stats_count_cb, r->count), 0);
+}
+
+static void check_stats_zero_from(const struct px_loop_stats *st, size_t from)
+{
+	const unsigned char *p = (const unsigned char *)st;
+	for (size_t i = from; i < sizeof(*st); i++)
+		if (p[i] != 0)
+			fail_msg("byte %zu of px_loop_stats is %u", i, p[i]);
+}
+
+/* A deterministic scenario, the same counts on every backend: 3 readable
+ * fds (never drained) and 2 timers due at once, over 4 NOWAIT iterations. */
+static void test_stats_counts(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	struct px_loop_stats st;
+	int sv[3][2], calls = 0, fired = 0;
+
+	memset(&st, 0xAA, sizeof(st));
+	assert_int_equal(px_loop_stats(loop, &st, sizeof(st)), 0);
+	check_stats_zero_from(&st, 0); /* a new loop counted nothing */
+
+	for (int i = 0; i < 3; i++) {
+		tu_socketpair(sv[i]);
+		tu_send1(sv[i][1]);
+		assert_int_equal(px_io_add(loop, sv[i][0], PX_READ, stats_count_cb, &calls), 0);
+	}
+	assert_int_equal(px_loop_stats(loop, &st, sizeof(st)), 0);
+	assert_int_equal(st.kernel_changes, 3);
+	assert_int_equal(st.iterations, 0);
+
+	struct readd r = { sv[1][0], &calls };
+	assert_true(px_timer_add(loop, 0, 0, tu_count_timer_cb, &fired) > 0);
+	assert_true(px_timer_add(loop, 0, 0, stats_readd_timer_cb, &r) > 0);
+	tu_nowait(loop, 4);
+
+	assert_int_equal(fired, 1);
+	assert_int_equal(calls, 11); /* 3 x 4, less the stale one */
+	assert_int_equal(px_loop_stats(loop, &st, sizeof(st)), 0);
+	assert_int_equal(st.iterations, 4);
+	assert_int_equal(st.waits, 4);
+	assert_int_equal(st.empty_wakeups, 0); /* timeout 0: never early */
+	assert_int_equal(st.events, 12);
+	assert_int_equal(st.io_callbacks, 11);
+	assert_int_equal(st.timer_callbacks, 2);
+	assert_int_equal(st.stale_dropped, 1);
+	assert_int_equal(st.closed_fds, 0);
+	assert_int_equal(st.kernel_changes, 5); /* 3 adds, a delete and an add */
+	assert_int_equal(st.accepted, 0);
+	assert_int_equal(st.accept_backoffs, 0);
+	assert_int_equal(st.send_queued, 0);
+	assert_int_equal(st.posts, 0);
+	assert_int_equal(st.signals, 0);
+
+	/* Deletions are kernel changes; nothing else moves without a run. */
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(px_io_del(loop, sv[i][0]), 0);
+	struct px_loop_stats st2;
+	assert_int_equal(px_loop_stats(loop, &st2, sizeof(st2)), 0);
+	assert_int_equal(st2.kernel_changes, 8);
+	st2.kernel_changes = st.kernel_changes;
+	assert_memory_equal(&st, &st2, sizeof(st));
+
+	px_loop_free(loop);
+	for (int i = 0; i < 3; i++)
+		tu_close_pair(sv[i]);
+}
+
+/* send_queued follows the bytes px_send holds, over all fds. */
+static void test_stats_send_queued(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	struct px_loop_stats st;
+	int a[2], b[2];
+	char buf[100];
+
+	memset(buf, 'x', sizeof(buf));
+	tu_socketpair(a);
+	tu_socketpair(b);
+	assert_int_equal(px_io_add(loop, a[0], PX_READ, tu_never_cb, NULL), 0);
+	assert_int_equal(px_io_add(loop, b[0], PX_READ, tu_never_cb, NULL), 0);
+	tu_fill(a[0]);
+	tu_fill(b[0]);
+	assert_int_equal(px_send(loop, a[0], buf, 100), 0);
+	assert_int_equal(px_send(loop, a[0], buf, 30), 0);
+	assert_int_equal(px_send(loop, b[0], buf, 7), 0);
+	assert_int_equal(px_loop_stats(loop, &st, sizeof(st)), 0);
+	assert_int_equal(st.send_queued, 137);
+	assert_int_equal(px_send_pending(loop, a[0]) + px_send_pending(loop, b[0]), 137);
+
+	/* The peer reads everything: the queue drains. */
+	for (int i = 0; i < 200 && px_send_pending(loop, a[0]) > 0; i++) {
+		tu_drain(a[1]);
+		tu_nowait(loop, 1);
+	}
+	assert_int_equal(px_send_pending(loop, a[0]), 0);
+	assert_int_equal(px_loop_stats(loop, &st, sizeof(st)), 0);
+	assert_int_equal(st.send_queued, 7);
+
+	/* A deleted watcher's queue goes with it. */
+	assert_int_equal(px_io_del(loop, b[0]), 0);
+	assert_int_equal(px_loop_stats(loop, &st, sizeof(st)), 0);
+	assert_int_equal(st.send_queued, 0);
+	assert_int_equal(px_io_del(loop, a[0]), 0);
+	px_loop_free(loop);
+	tu_close_pair(a);
+	tu_close_pair(b);
+}
+
+static void stats_alarm(int sig)
+{
+	(void)sig;
+}
+
+/* A wait that times out is not an empty wake-up; one interrupted is. */
+static void test_stats_wakeups(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	struct px_loop_stats st;
+	int fired = 0;
+
+	assert_true(px_timer_add(loop, 20, 0, tu_count_timer_cb, &fired) > 0);
+	assert_int_equal(px_loop_run(loop, PX_RUN_DEFAULT), 0);
+	assert_int_equal(fired, 1);
+	assert_int_equal(px_loop_stats(loop, &st, sizeof(st)), 0);
+	assert_true(st.waits >= 1);
+	assert_int_equal(st.waits, st.iterations);
+	assert_int_equal(st.empty_wakeups, 0);
+	assert_int_equal(st.timer_callbacks, 1);
+	assert_int_equal(st.events, 0);
+
+	struct sigaction sa, old;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = stats_alarm; /* no SA_RESTART */
+	sigemptyset(&sa.sa_mask);
+	assert_int_equal(sigaction(SIGALRM, &sa, &old), 0);
+	struct itimerval it = { .it_value = { .tv_sec = 0, .tv_usec = 20000 } };
+	assert_true(px_timer_add(loop, 300, 0, tu_count_timer_cb, &fired) > 0);
+	assert_int_equal(setitimer(ITIMER_REAL, &it, NULL), 0);
+	assert_int_equal(px_loop_run(loop, PX_RUN_DEFAULT), 0);
+	struct itimerval off = { { 0, 0 }, { 0, 0 } };
+	setitimer(ITIMER_REAL, &off, NULL);
+	assert_int_equal(sigaction(SIGALRM, &old, NULL), 0);
+	assert_int_equal(fired, 2);
+	struct px_loop_stats st2;
+	assert_int_equal(px_loop_stats(loop, &st2, sizeof(st2)), 0);
+	assert_true(st2.empty_wakeups >= 1);
+	assert_true(st2.waits >= st.waits + 2);
+	assert_int_equal(st2.timer_callbacks, 2);
+	px_loop_free(loop);
+}
+
+/* Only the first size bytes are written; bad input is -EINVAL. */
+static void test_stats_size_and_bad_input(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	tu_nowait(loop, 0);
+	int sv[2];
+	tu_socketpair(sv);
+	assert_int_equal(px_io_add(loop, sv[0], PX_READ, tu_never_cb, NULL), 0);
+	tu_nowait(loop, 3);
+
+	struct px_loop_stats st, full;
+	assert_int_equal(px_loop_stats(loop, &full, sizeof(full)), 0);
+	assert_int_equal(full.iterations, 3);
+
+	/* An older program's struct with iterations alone. */
+	memset(&st, 0xAA, sizeof(st));
+	assert_int_equal(px_loop_stats(loop, &st, 8), 0);
+	assert_int_equal(st.iterations, 3);
+	const unsigned char *p = (const unsigned char *)&st;
+	for (size_t i = 8; i < sizeof(st); i++)
+		assert_int_equal(p[i], 0xAA);
+
+	/* A newer program's bigger struct: what this library lacks is 0. */
+	unsigned char big[sizeof(struct px_loop_stats) + 16];
+	memset(big, 0xAA, sizeof(big));
+	assert_int_equal(px_loop_stats(loop, (struct px_loop_stats *)(void *)big, sizeof(big)), 0);
+	assert_memory_equal(big, &full, sizeof(full));
+	for (size_t i = sizeof(full); i < sizeof(big); i++)
+		assert_int_equal(big[i], 0);
+
+	memset(&st, 0xAA, sizeof(st));
+	assert_int_equal(px_loop_stats(NULL, &st, sizeof(st)), -EINVAL);
+	assert_int_equal(px_loop_stats(loop, NULL, sizeof(st)), -EINVAL);
+	assert_int_equal(px_loop_stats(loop, &st, 0), -EINVAL);
+	for (size_t i = 0; i < sizeof(st); i++)
+		assert_int_equal(p[i], 0xAA);
+
+	assert_int_equal(px_io_del(loop, sv[0]), 0);
+	px_loop_free(loop);
+	tu_close_pair(sv);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -928,6 +1151,10 @@ int main(void)
 		TU_TEST(test_no_fd_leak),
 		TU_TEST(test_cloexec),
 		TU_TEST(test_two_loops_independent),
+		TU_TEST(test_stats_counts),
+		TU_TEST(test_stats_send_queued),
+		TU_TEST(test_stats_wakeups),
+		TU_TEST(test_stats_size_and_bad_input),
 	};
 	return TU_RUN("test_loop", tests);
 }

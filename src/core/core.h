@@ -112,6 +112,10 @@ struct px_loop {
 	bool stop;
 	bool ran_cb; /* a callback ran in this iteration */
 	int depth;   /* > 0 while a callback runs */
+
+	/* px_loop_stats.  io_callbacks misses the fast path's callbacks of
+	 * the current round until pxi_io_dispatch adds them in bulk. */
+	struct px_loop_stats st;
 };
 
 /* Invariant checks (configure --enable-invariants): PXI_ASSERT aborts with

@@ -154,6 +154,8 @@ static int kernel_apply(px_loop *loop, int fd)
 	rc = loop->be->ctl(loop->bst, fd, w->kev, k, w->tag);
 	if (rc < 0)
 		return rc;
+	if ((unsigned)rc != w->kev)
+		loop->st.kernel_changes++;
 	kev_set(loop, fd, rc);
 	fast_update(loop, w);
 	return 0;
@@ -392,6 +394,8 @@ static void io_drop(px_loop *loop, int fd, enum drop how)
 		w->flags |= W_GONE;
 	if (kev) {
 		loop->nkernel--;
+		if (how != DROP_FREE)
+			loop->st.kernel_changes++;
 		if (how != DROP_FREE &&
 		    (loop->be->del(loop->bst, fd, kev, how == DROP_CLOSE) & PXK_LOST))
 			mark_orphan(loop, w);
@@ -624,16 +628,20 @@ static void dispatch_slow(px_loop *loop, const pxi_event *ev)
 		 * set rebuilt since may have refused it again.) */
 		if (!(e & PXR_NVAL) && !(w->flags & (W_GONE | W_FRESH)) && loop->be->persistent)
 			loop->rebuild = true;
+		loop->st.stale_dropped++;
 		return;
 	}
 	if (w->tag && pxi_event_tag(ev) != w->tag) {
 		/* The lost registration at this number (W_ORPHAN) reported:
 		 * only a new set gets rid of it. */
 		loop->rebuild = true;
+		loop->st.stale_dropped++;
 		return;
 	}
-	if (w->flags & W_FRESH)
+	if (w->flags & W_FRESH) {
+		loop->st.stale_dropped++;
 		return; /* re-added after the wait: stale */
+	}
 	/* Registrations change only before the wait (or are new, and then
 	 * fresh), so a kernel one-shot that reported here is the watcher's,
 	 * and the kernel has disarmed it. */
@@ -665,12 +673,21 @@ static void dispatch_slow(px_loop *loop, const pxi_event *ev)
 		return;
 	}
 	disarm_after(loop, fd, nval, out);
+	/* The caller counted this event as a callback: dispatch_slow counts
+	 * those it did not make (io_callbacks), so the fast path counts none. */
+	loop->st.io_callbacks++;
+	if (nval)
+		loop->st.closed_fds++;
 	w->cb(loop, fd, out, w->arg);
 }
 
 void pxi_io_dispatch(px_loop *loop, int n)
 {
 	const pxi_event *ev = loop->ev;
+
+	/* Fast-path callbacks are counted in bulk: n minus the events that
+	 * took the general path, which counts its own callbacks. */
+	int slow = 0;
 
 	/* One "inside a callback" mark for the whole round. */
 	loop->depth++;
@@ -683,6 +700,7 @@ void pxi_io_dispatch(px_loop *loop, int n)
 		 * table never shrinks; the check costs little and keeps it so. */
 		if ((unsigned)fd >= (unsigned)loop->wcap) {
 			PXI_ASSERT(!"an event for an fd beyond the table");
+			slow++;
 			continue;
 		}
 		struct pxi_watch *w = &loop->w[fd];
@@ -692,9 +710,12 @@ void pxi_io_dispatch(px_loop *loop, int n)
 			w->cb(loop, fd, rw_of[e & 7], w->arg);
 			continue;
 		}
+		slow++;
 		dispatch_slow(loop, &ev[i]);
 	}
 	loop->depth--;
+	if (n > 0)
+		loop->st.io_callbacks += (uint64_t)(n - slow);
 	for (int i = 0; i < loop->freshlen; i++) {
 		int fd = loop->fresh[i];
 		if (fd < loop->wcap) {

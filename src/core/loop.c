@@ -161,6 +161,17 @@ uint64_t px_loop_now(const px_loop *loop)
 	return loop->now_ns / 1000000u;
 }
 
+int px_loop_stats(const px_loop *loop, struct px_loop_stats *st, size_t size)
+{
+	if (!loop || !st || size == 0)
+		return -EINVAL;
+	size_t have = sizeof(loop->st);
+	memcpy(st, &loop->st, size < have ? size : have);
+	if (size > have) /* a newer struct: fields this library does not know are 0 */
+		memset((unsigned char *)st + have, 0, size - have);
+	return 0;
+}
+
 void px_loop_stop(px_loop *loop)
 {
 	if (loop)
@@ -175,6 +186,18 @@ static int ns_to_timeout(uint64_t ns)
 	return ms > INT_MAX ? INT_MAX : (int)ms;
 }
 
+/* A wait that returned nothing: before its timeout?  (A timeout of 0
+ * returns at once: never early.  With a timeout > 0 there are timers, so
+ * loop_wait has just read the clock.) */
+static bool early(const px_loop *loop, int timeout_ms, uint64_t deadline)
+{
+	if (timeout_ms == 0)
+		return false;
+	if (timeout_ms < 0)
+		return true;
+	return !loop->now_stale && loop->now_ns < deadline;
+}
+
 static int loop_wait(px_loop *loop, int timeout_ms)
 {
 	/* The deadline is fixed once: signals arriving faster than the
@@ -183,13 +206,21 @@ static int loop_wait(px_loop *loop, int timeout_ms)
 
 	for (;;) {
 		int n = loop->be->wait(loop->bst, timeout_ms, loop->ev, loop->waitcap);
+		loop->st.waits++;
 		if (n != -EINTR) {
 			/* Only timers need the time; px_loop_now reads it lazily. */
 			loop->now_stale = loop->heaplen == 0;
 			if (!loop->now_stale)
 				loop->now_ns = pxi_clock_ns();
+			if (n > 0)
+				loop->st.events += (uint64_t)n;
+			else if (n == 0 && early(loop, timeout_ms, deadline))
+				loop->st.empty_wakeups++;
 			return n;
 		}
+		/* Interrupted: woke before the timeout with nothing to do. */
+		if (timeout_ms != 0)
+			loop->st.empty_wakeups++;
 		loop->now_ns = pxi_clock_ns();
 		if (timeout_ms > 0)
 			timeout_ms = loop->now_ns >= deadline ? 0 : ns_to_timeout(deadline - loop->now_ns);
@@ -198,6 +229,7 @@ static int loop_wait(px_loop *loop, int timeout_ms)
 
 static int iterate(px_loop *loop, int timeout_ms)
 {
+	loop->st.iterations++;
 	int n = pxi_io_prepare(loop);
 
 	if (n < 0)

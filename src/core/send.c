@@ -145,8 +145,9 @@ void pxi_send_loop_free(px_loop *loop)
 	loop->send_spare = NULL;
 }
 
-static void chunks_free(struct pxi_sendq *q)
+static void chunks_free(px_loop *loop, struct pxi_sendq *q)
 {
+	loop->st.send_queued -= q->pending;
 	struct chunk *c = q->head;
 
 	while (c) {
@@ -247,7 +248,7 @@ static void track_above(struct pxi_sendq *q)
 static void queue_fail(px_loop *loop, int fd, struct pxi_sendq *q, int err,
                        px_drain_cb **cb, void **arg)
 {
-	chunks_free(q);
+	chunks_free(loop, q);
 	q->err = err;
 	q->above = false;
 	*cb = q->cb;
@@ -320,8 +321,12 @@ int px_send(px_loop *loop, int fd, const void *buf, size_t len)
 		return rc;
 	if (q->err)
 		return q->err;
-	if (q->pending > 0)
-		return queue_append(q, buf, len); /* never reorder */
+	if (q->pending > 0) {
+		rc = queue_append(q, buf, len); /* never reorder */
+		if (rc == 0)
+			loop->st.send_queued += len;
+		return rc;
+	}
 
 	/* Empty queue: reserve room for everything (the copy, and the write
 	 * interest that flushes it), then send now. */
@@ -360,6 +365,7 @@ int px_send(px_loop *loop, int fd, const void *buf, size_t len)
 	}
 	link_tail(q, c);
 	q->pending = left;
+	loop->st.send_queued += left;
 	track_above(q);
 	/* Made by the flush before the next wait (it cannot fail now: room was
 	 * reserved); a refusal there reaches the watcher as PX_ERR, ENOMEM is
@@ -457,7 +463,9 @@ void pxi_sendq_flush(px_loop *loop, int fd)
 
 	if (!q)
 		return;
+	size_t before = q->pending;
 	int rc = q->err ? 0 : queue_write(fd, q);
+	loop->st.send_queued -= before - q->pending;
 	if (rc < 0) {
 		queue_fail(loop, fd, q, rc, &cb, &arg);
 		if (cb)
@@ -474,11 +482,10 @@ void pxi_sendq_flush(px_loop *loop, int fd)
 
 void pxi_sendq_free(px_loop *loop, struct pxi_sendq *q)
 {
-	(void)loop;
 	if (!q)
 		return;
 	if (q->guard)
 		q->guard->dead = true;
-	chunks_free(q);
+	chunks_free(loop, q);
 	free(q);
 }

@@ -160,6 +160,7 @@ static bool acc_backoff(px_loop *loop, struct acceptor *a, int err)
 {
 	bool report = !a->episode;
 
+	loop->st.accept_backoffs++;
 	/* Only a failure that persists past the first back-off costs a pending
 	 * connection: a brief shortage loses nobody. */
 	if ((err == -EMFILE || err == -ENFILE) && a->episode)
@@ -196,6 +197,7 @@ static void acc_io_cb(px_loop *loop, int fd, unsigned revents, void *arg)
 		if (c == -EAGAIN)
 			break;
 		if (c >= 0) {
+			loop->st.accepted++;
 			a->episode = false;
 			a->backoff = 0;
 			if (a->reserve < 0)

@@ -291,6 +291,7 @@ void pxi_timers_run(px_loop *loop)
 		} else {
 			slot_free(loop, slot);
 		}
+		loop->st.timer_callbacks++;
 		pxi_call_enter(loop);
 		cb(loop, id, arg);
 		pxi_call_leave(loop);
