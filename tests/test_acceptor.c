@@ -241,6 +241,10 @@ static void test_acceptor_basic(void **state)
 	assert_int_equal(s.ok, 3);
 	assert_int_equal(s.fails, 0);
 	assert_true(inj.calls >= 3); /* accepts went through the interposer */
+	struct px_loop_stats st;
+	assert_int_equal(px_loop_stats(loop, &st, sizeof(st)), 0);
+	assert_int_equal(st.accepted, 3);
+	assert_int_equal(st.accept_backoffs, 0);
 	/* Idle: no spurious callbacks. */
 	tu_run_for(loop, 50);
 	assert_int_equal(s.ok, 3);
@@ -456,6 +460,10 @@ static void test_acceptor_emfile_injected(void **state)
 		assert_true(s.ok_at_ms - t1 < 2000);
 		assert_int_equal(s.fails, fails0 + 1); /* one report per episode */
 		(void)t0;
+		struct px_loop_stats st;
+		assert_int_equal(px_loop_stats(loop, &st, sizeof(st)), 0);
+		assert_int_equal(st.accepted, (uint64_t)s.ok);
+		assert_true(st.accept_backoffs >= (uint64_t)round + 1);
 		close(c);
 	}
 	px_loop_free(loop);
