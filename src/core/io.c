@@ -394,11 +394,11 @@ static void io_drop(px_loop *loop, int fd, enum drop how)
 		w->flags |= W_GONE;
 	if (kev) {
 		loop->nkernel--;
-		if (how != DROP_FREE)
+		if (how != DROP_FREE) {
 			loop->st.kernel_changes++;
-		if (how != DROP_FREE &&
-		    (loop->be->del(loop->bst, fd, kev, how == DROP_CLOSE) & PXK_LOST))
-			mark_orphan(loop, w);
+			if (loop->be->del(loop->bst, fd, kev, how == DROP_CLOSE) & PXK_LOST)
+				mark_orphan(loop, w);
+		}
 	}
 	if (sq) {
 		loop->sq[fd] = NULL;
@@ -483,20 +483,18 @@ static int backend_rebuild(px_loop *loop, int skip)
 		w->kev = 0;
 		w->tag = 0;
 		w->flags &= (uint16_t)~W_ORPHAN;
+		if (!w->cb)
+			continue;
 		/* Every registration is new: what the iteration collected from
 		 * the old set is stale (the kernel reports current readiness to
 		 * a new registration, edge-triggered ones too). */
-		if (w->cb && loop->in_cb_window && !(w->flags & W_FRESH)) {
+		if (loop->in_cb_window && !(w->flags & W_FRESH)) {
 			w->flags |= W_FRESH;
 			loop->fresh[loop->freshlen++] = fd;
 		}
-		if (w->cb)
-			fast_update(loop, w);
-	}
-	for (int fd = 0; fd < loop->wcap; fd++) {
-		struct pxi_watch *w = &loop->w[fd];
-		if (w->cb && fd != skip && kernel_apply(loop, fd) < 0)
+		if (fd != skip && kernel_apply(loop, fd) < 0)
 			failed_push(loop, fd);
+		fast_update(loop, w);
 	}
 	return 0;
 }
@@ -673,8 +671,8 @@ static void dispatch_slow(px_loop *loop, const pxi_event *ev)
 		return;
 	}
 	disarm_after(loop, fd, nval, out);
-	/* The caller counted this event as a callback: dispatch_slow counts
-	 * those it did not make (io_callbacks), so the fast path counts none. */
+	/* The general path counts its own callbacks; pxi_io_dispatch counts
+	 * the fast path's in bulk. */
 	loop->st.io_callbacks++;
 	if (nval)
 		loop->st.closed_fds++;

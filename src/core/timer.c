@@ -163,33 +163,29 @@ static struct pxi_timer_slot *slot_of(px_loop *loop, int64_t id, uint32_t *slot)
  * timers being fired: re-pushing a repeating timer after it fired, and
  * collecting the due ones, then never allocate (earlier callbacks of the same
  * round may have added timers meanwhile). */
+/* Grows array *p of *cap elements of elem bytes to hold n; 0 or -ENOMEM. */
+static int grow(void *p, int *cap, uint32_t n, size_t elem)
+{
+	if ((uint32_t)*cap >= n)
+		return 0;
+	uint32_t ncap = *cap ? (uint32_t)*cap : 16;
+	while (ncap < n)
+		ncap *= 2;
+	if (ncap > INT_MAX)
+		return -ENOMEM;
+	void *a = realloc(*(void **)p, (size_t)ncap * elem);
+	if (!a)
+		return -ENOMEM;
+	*(void **)p = a;
+	*cap = (int)ncap;
+	return 0;
+}
+
 static int reserve(px_loop *loop, uint32_t n)
 {
-	if ((uint32_t)loop->heapcap < n) {
-		uint32_t cap = loop->heapcap ? (uint32_t)loop->heapcap : 16;
-		while (cap < n)
-			cap *= 2;
-		if (cap > INT_MAX)
-			return -ENOMEM;
-		struct pxi_heap_node *h = realloc(loop->heap, (size_t)cap * sizeof(*h));
-		if (!h)
-			return -ENOMEM;
-		loop->heap = h;
-		loop->heapcap = (int)cap;
-	}
-	if ((uint32_t)loop->duecap < n) {
-		uint32_t cap = loop->duecap ? (uint32_t)loop->duecap : 16;
-		while (cap < n)
-			cap *= 2;
-		if (cap > INT_MAX)
-			return -ENOMEM;
-		int64_t *d = realloc(loop->due, (size_t)cap * sizeof(*d));
-		if (!d)
-			return -ENOMEM;
-		loop->due = d;
-		loop->duecap = (int)cap;
-	}
-	return 0;
+	int rc = grow(&loop->heap, &loop->heapcap, n, sizeof(*loop->heap));
+
+	return rc < 0 ? rc : grow(&loop->due, &loop->duecap, n, sizeof(*loop->due));
 }
 
 int64_t px_timer_add(px_loop *loop, uint64_t after_ms, uint64_t repeat_ms, px_timer_cb *cb,
