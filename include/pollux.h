@@ -6,7 +6,9 @@
  *    negative errno value (-EINVAL, -ENOMEM, ...) on failure.  Constructors that
  *    return a pointer return NULL and set errno.  The library never prints.
  *  - A loop is used by one thread at a time.  Separate loops share nothing
- *    mutable; there is no global mutable state.
+ *    mutable.  The exceptions: px_loop_wake and px_loop_post may be called
+ *    on a loop from any thread; the process's signal dispositions are
+ *    global, and px_signal_add gives each watched signal to one loop.
  *  - Times are milliseconds on the monotonic clock.
  *  - Inside any callback, any watcher or timer of the same loop may be added,
  *    modified or deleted, including the one being dispatched.  Only
@@ -17,7 +19,10 @@
  *    call that touches the kernel's state: the parent is not disturbed).  It
  *    must do nothing else with an inherited loop: with epoll the interest set
  *    is one kernel object shared with the parent, so a child's px_io_* or
- *    px_loop_run would change or steal the parent's notifications.
+ *    px_loop_run would change or steal the parent's notifications.  The
+ *    same holds for the loop's wake-up fd (px_loop_wake).  Signal
+ *    dispositions installed by px_signal_add are inherited; the child's
+ *    px_loop_free of the inherited loop restores the earlier ones there.
  */
 #ifndef POLLUX_H
 #define POLLUX_H
@@ -53,8 +58,12 @@ typedef struct px_loop px_loop;
  * unset or empty: epoll, poll, select (on macOS select, then poll: its poll()
  * reports POLLNVAL for ttys and devices).
  * Errors (NULL + errno): EINVAL unknown backend name; ENOSYS a known backend
- * this system cannot provide; ENOMEM; EMFILE/ENFILE (epoll fd); any error of
- * epoll_create1.  The loop's own fds are close-on-exec.
+ * this system cannot provide; ENOMEM; EMFILE/ENFILE (epoll fd, wake-up fd);
+ * any error of epoll_create1 or eventfd/pipe.  The loop's own fds are
+ * close-on-exec: the backend's (epoll) and one wake-up fd (px_loop_wake),
+ * an eventfd where the system has it, else a pipe (two fds).  They belong
+ * to the loop: closing them, or px_io_* on their numbers, is the caller's
+ * bug (px_io_mod/del/close answer -ENOENT for them, px_io_add -EEXIST).
  */
 PX_API px_loop *px_loop_new(void);
 
@@ -76,7 +85,8 @@ PX_API const char *const *px_backends(void);
 /*
  * px_loop_run: PX_RUN_DEFAULT runs until px_loop_stop is called or nothing is
  * registered (no io watcher, armed or disarmed; no pending timer; no pending
- * connect; no acceptor).  PX_RUN_ONCE runs one iteration, waiting for at least
+ * connect; no acceptor; no post that has not run).  Signal watchers do not
+ * keep it running.  PX_RUN_ONCE runs one iteration, waiting for at least
  * one event or due timer (it returns at once when nothing is registered).
  * PX_RUN_NOWAIT runs one iteration without waiting.
  * Each iteration: wait for readiness (bounded by the next timer), run the
@@ -92,6 +102,68 @@ PX_API int px_loop_run(px_loop *loop, int mode);
  * when px_loop_run returns; made while not running, the next run returns
  * after one iteration.  NULL does nothing. */
 PX_API void px_loop_stop(px_loop *loop);
+
+/* ------------------------------------------------------------------------ */
+/* Waking and posting across threads                                         */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * px_loop_wake and px_loop_post are the only calls that may be made on a loop
+ * from a thread other than the one running it (px_loop_wake also from a
+ * signal handler).  Calling them on a loop that is being or has been freed is
+ * the caller's bug: the library does not detect it.
+ *
+ * px_loop_wake: the loop's current wait returns, or its next one returns at
+ * once; the iteration then ends normally (PX_RUN_ONCE returns).  Wakes made
+ * before the loop notices them merge into one, and while one is pending the
+ * call makes no system call.  Async-signal-safe; keeps errno.  0, -EINVAL for
+ * NULL, or -errno when the wake-up fd could not be written.
+ */
+PX_API int px_loop_wake(px_loop *loop);
+
+typedef void px_post_cb(px_loop *loop, void *arg);
+
+/*
+ * px_loop_post: cb(loop, arg) runs exactly once in the loop's thread, from
+ * px_loop_run in a later iteration: never inside px_loop_post, and a post made
+ * from a callback of the same loop runs in the next iteration.  Posts made by
+ * one thread run in the order they were made.  A post wakes the loop
+ * (px_loop_wake), and posts that have not run keep PX_RUN_DEFAULT running.
+ * Lock-free: one allocation per post, no lock shared with the loop's thread.
+ * 0, -EINVAL for a NULL loop or cb, -ENOMEM (nothing posted), or
+ * px_loop_wake's error (the post is queued and runs at the loop's next
+ * wake-up).  px_loop_free drops the posts that have not run, without calling
+ * them.
+ */
+PX_API int px_loop_post(px_loop *loop, px_post_cb *cb, void *arg);
+
+/* ------------------------------------------------------------------------ */
+/* Signals                                                                    */
+/* ------------------------------------------------------------------------ */
+
+typedef void px_signal_cb(px_loop *loop, int signo, void *arg);
+
+/*
+ * px_signal_add: cb runs in the loop's thread, from px_loop_run like any other
+ * callback (never inside the signal handler), after every delivery of signo
+ * to the process made after px_signal_add returned; deliveries made before
+ * that callback runs may merge into one, and a delivery during the callback
+ * leads to another.  Whichever thread the kernel delivers to (the signal need
+ * not be blocked anywhere), the owning loop is woken.  The library's handler
+ * is installed with SA_RESTART, only records the signal and wakes the loop,
+ * is async-signal-safe and keeps errno.  Signal watchers do not keep
+ * PX_RUN_DEFAULT running.  A callback may px_signal_del its own signal.
+ * One loop per signal per process.  Errors: -EINVAL NULL loop or cb, signo
+ * outside 1..NSIG-1, SIGKILL or SIGSTOP; -EEXIST this loop watches signo;
+ * -EBUSY another loop does; -ENOMEM; sigaction's error.
+ *
+ * px_signal_del: restores exactly the disposition (handler, flags, mask) in
+ * force before px_signal_add; px_loop_free does the same for every signal the
+ * loop watches.  0, -EINVAL (NULL loop, bad signo), or -ENOENT when this loop
+ * does not watch signo.
+ */
+PX_API int px_signal_add(px_loop *loop, int signo, px_signal_cb *cb, void *arg);
+PX_API int px_signal_del(px_loop *loop, int signo);
 
 /* Cached monotonic time (ms) of the current iteration; updated after every
  * wait.  Arbitrary epoch.  0 for NULL. */
@@ -120,8 +192,10 @@ PX_API uint64_t px_loop_now(const px_loop *loop);
  *   accepted         connections accepted by acceptors
  *   accept_backoffs  times an acceptor backed off on an accept error
  *   send_queued      bytes now queued by px_send over all fds
- *   posts, signals   always 0 for now: px_loop_post and signal watchers
- *                    are not implemented yet
+ *   posts            callbacks run from px_loop_post
+ *   signals          signal callbacks run
+ * The loop's own wake-up fd is not counted as an event or an io callback;
+ * a wait it ended with no post or signal to run is an empty wake-up.
  */
 struct px_loop_stats {
 	uint64_t iterations;
