@@ -167,6 +167,9 @@ int pxi_timer_restart(px_loop *loop, int64_t id, uint64_t after_ms);
 /* wake.c */
 /* Creates the wake-up fd and its watcher; 0 or -errno (nothing left). */
 int pxi_wake_init(px_loop *loop);
+/* px_loop_wake without the argument check: a direct call, for the signal
+ * handler (no PLT entry to resolve inside a handler). */
+int pxi_wake(px_loop *loop);
 /* Drops the posts that have not run and closes the wake-up fd (after
  * pxi_io_free_all). */
 void pxi_wake_free(px_loop *loop);

@@ -2,7 +2,7 @@
  *
  * A signal's disposition belongs to the process, so each signal has one
  * slot here, owned by at most one loop.  The library's handler only records
- * the signal in its slot and wakes the owner (px_loop_wake: atomics and a
+ * the signal in its slot and wakes the owner (pxi_wake: atomics and a
  * write(), async-signal-safe); the loop's wake-up hook, in the loop's thread,
  * runs the callbacks of the signals it finds recorded.  A recording is
  * cleared before its callback runs, so a delivery during the callback leads
@@ -58,7 +58,7 @@ static void on_signal(int signo)
 	px_loop *loop = atomic_load(&s->owner);
 	if (loop) {
 		atomic_store(&s->pending, 1);
-		(void)px_loop_wake(loop);
+		(void)pxi_wake(loop);
 	}
 	atomic_fetch_sub(&s->inflight, 1);
 	errno = saved;

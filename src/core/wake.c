@@ -93,10 +93,8 @@ void pxi_wake_free(px_loop *loop)
 	pxi_wakefd_close(loop->wakefd);
 }
 
-int px_loop_wake(px_loop *loop)
+int pxi_wake(px_loop *loop)
 {
-	if (!loop)
-		return -EINVAL;
 	/* A load first: while a wake is pending, wakers only read the
 	 * cache line instead of fighting over it. */
 	if (atomic_load(&loop->wake_pending) || atomic_exchange(&loop->wake_pending, 1))
@@ -107,6 +105,11 @@ int px_loop_wake(px_loop *loop)
 		atomic_store(&loop->wake_pending, 0); /* the next waker tries again */
 	errno = saved;
 	return rc;
+}
+
+int px_loop_wake(px_loop *loop)
+{
+	return loop ? pxi_wake(loop) : -EINVAL;
 }
 
 int px_loop_post(px_loop *loop, px_post_cb *cb, void *arg)
@@ -121,5 +124,5 @@ int px_loop_post(px_loop *loop, px_post_cb *cb, void *arg)
 	p->next = atomic_load(&loop->posts);
 	while (!atomic_compare_exchange_weak(&loop->posts, &p->next, p))
 		;
-	return px_loop_wake(loop);
+	return pxi_wake(loop);
 }
