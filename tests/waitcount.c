@@ -87,9 +87,13 @@ int ip_other_select(int nfds, fd_set *rd, fd_set *wr, fd_set *ex, struct ip_othe
 	__asm__(IP_OTHER_SELECT);
 int ip_other_select(int nfds, fd_set *rd, fd_set *wr, fd_set *ex, struct ip_other_timeval *tv)
 {
-	static other_select_fn *real;
-	if (!real && !(real = (other_select_fn *)dlsym(RTLD_NEXT, IP_OTHER_SELECT)))
-		abort();
+	static _Atomic(other_select_fn *) real_other;
+	other_select_fn *real = atomic_load_explicit(&real_other, memory_order_acquire);
+	if (!real) {
+		if (!(real = (other_select_fn *)dlsym(RTLD_NEXT, IP_OTHER_SELECT)))
+			abort();
+		atomic_store_explicit(&real_other, real, memory_order_release);
+	}
 	atomic_fetch_add_explicit(&nwaits, 1, memory_order_relaxed);
 	return real(nfds, rd, wr, ex, tv);
 }
