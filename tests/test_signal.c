@@ -80,6 +80,24 @@ static int sig_teardown(void **state)
 
 #define TS_TEST(f) cmocka_unit_test_setup_teardown(f, sig_setup, sig_teardown)
 
+/* Built with ThreadSanitizer?  Its runtime defers a signal that arrives
+ * asynchronously in a thread (one the thread did not send itself) to a
+ * later interceptor call there, and with gcc 12's runtime such a signal
+ * is sometimes never handled at all (a thread idle in poll(), the signal
+ * sent by kill() from another thread whose mask blocks it: lost about once
+ * in a hundred, with no pollux code involved).  The one case that needs
+ * exactly that is skipped under TSan. */
+#if defined(__SANITIZE_THREAD__)
+#define PX_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define PX_TSAN 1
+#endif
+#endif
+#ifndef PX_TSAN
+#define PX_TSAN 0
+#endif
+
 /* ---- dispositions ---------------------------------------------------------------- */
 
 enum prior { P_DFL, P_IGN, P_INFO, P_PLAIN };
@@ -792,10 +810,18 @@ static void test_signal_blocked_in_loop_thread(void **state)
 	sigemptyset(&s);
 	sigaddset(&s, SIGHUP);
 	assert_int_equal(pthread_sigmask(SIG_BLOCK, &s, NULL), 0);
+	int want = 0;
 	for (int variant = 0; variant < 2; variant++) {
 		static struct receiver rc; /* the thread may outlive a failed test */
 		pthread_t t;
 		char why[256] = "";
+		if (variant == 0 && PX_TSAN) {
+			print_message("# ThreadSanitizer build: variant (a), a signal sent by this "
+			              "thread and handled asynchronously by another, is skipped (TSan "
+			              "may never run such a handler)\n");
+			continue;
+		}
+		want++;
 		memset(&rc, 0, sizeof rc);
 		rc.signo = SIGHUP;
 		rc.send = variant;
@@ -808,7 +834,7 @@ static void test_signal_blocked_in_loop_thread(void **state)
 		if (ready && !variant)
 			krc = kill(getpid(), SIGHUP);
 		if (ready && krc == 0)
-			ok = v2_run_until_ok(l, &r.n, variant + 1,
+			ok = v2_run_until_ok(l, &r.n, want,
 			                     variant ? "sent by the receiver thread" : "sent before the run",
 			                     why, sizeof why);
 		atomic_store(&rc.release, 1);
@@ -819,7 +845,7 @@ static void test_signal_blocked_in_loop_thread(void **state)
 		if (!ok)
 			fail_msg("%s", why);
 		assert_int_equal(rc.failed, 0);
-		settle_and_check(l, &r, variant + 1, "blocked in the loop's thread");
+		settle_and_check(l, &r, want, "blocked in the loop's thread");
 		/* the receiver took it: nothing left pending for this thread */
 		assert_int_equal(sigpending(&pend), 0);
 		assert_int_equal(sigismember(&pend, SIGHUP), 0);
