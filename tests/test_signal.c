@@ -938,6 +938,113 @@ static void test_signal_loop_in_other_thread(void **state)
 	}
 }
 
+/* No lost wake-up: in many rounds a thread delivers the signal (to
+ * itself, or to the process) after a random short delay, as the loop goes
+ * to sleep; the loop must run the callback every round before its guard
+ * timer fires. */
+struct sigracer {
+	int signo;
+	enum send_mode mode;
+	long rounds;
+	struct th_gate go, done;
+	uint32_t seed;
+	long failed;
+	struct th_err err;
+};
+
+static void *sigracer_main(void *arg)
+{
+	struct sigracer *sr = arg;
+	for (long i = 0; i < sr->rounds; i++) {
+		if (!th_gate_wait(&sr->go, 120000)) {
+			th_fail(&sr->err, "round %ld: no go from the main thread", i);
+			return NULL;
+		}
+		uint32_t x = th_rand(&sr->seed);
+		if (x & 3)
+			th_spin(th_rand(&sr->seed) % (1u << (x >> 2) % 17));
+		int rc = sr->mode == SEND_KILL ? kill(getpid(), sr->signo) : raise(sr->signo);
+		if (rc != 0)
+			sr->failed++;
+		th_gate_post(&sr->done);
+	}
+	return NULL;
+}
+
+static void sig_race(px_loop *l, int signo, enum send_mode mode, long rounds)
+{
+	static struct sigracer sr; /* the thread may outlive a failed test */
+	static struct sigrec r;
+	pthread_t t;
+	char why[256] = "";
+	long i;
+	memset(&sr, 0, sizeof sr);
+	sr.signo = signo;
+	sr.mode = mode;
+	sr.rounds = rounds;
+	sr.seed = 2024u + (uint32_t)signo;
+	th_gate_init(&sr.go);
+	th_gate_init(&sr.done);
+	sigrec_init(&r, l, signo);
+	assert_int_equal(px_signal_add(l, signo, sig_cb, &r), 0);
+	th_start(&t, sigracer_main, &sr);
+	/* no assertion while the thread runs: the first problem ends the rounds */
+	for (i = 0; i < rounds && !why[0]; i++) {
+		struct v2_guard g = {0, 0};
+		int want = r.n + 1, rc = 0;
+		g.id = px_timer_add(l, tu_valgrind() ? 60000 : 10000, 0, v2_guard_cb, &g);
+		if (g.id <= 0) {
+			v2_fmt(why, sizeof why, "round %ld: px_timer_add(guard) = %lld", i,
+			       (long long)g.id);
+			break;
+		}
+		th_gate_post(&sr.go);
+		for (int k = 0; k < 1000 && r.n < want && !g.fired && rc == 0; k++)
+			rc = px_loop_run(l, PX_RUN_ONCE);
+		if (!g.fired)
+			(void)px_timer_del(l, g.id);
+		if (!th_gate_wait(&sr.done, 120000))
+			v2_fmt(why, sizeof why, "round %ld: the signalling thread did not finish", i);
+		else if (rc != 0)
+			v2_fmt(why, sizeof why, "round %ld: px_loop_run = %d", i, rc);
+		else if (g.fired)
+			v2_fmt(why, sizeof why,
+			       "round %ld: the signal's callback did not come (the guard timer ended "
+			       "the wait: lost wake-up)",
+			       i);
+		else if (r.n != want)
+			v2_fmt(why, sizeof why, "round %ld: %d callbacks, %d expected", i, r.n, want);
+	}
+	for (long j = i; j < rounds; j++) /* let the thread end */
+		th_gate_post(&sr.go);
+	th_join(t);
+	print_message("# signal %d race, %s: %ld rounds\n", signo, send_name[mode], i);
+	if (why[0])
+		fail_msg("signal %d, %s: %s", signo, send_name[mode], why);
+	th_check(&sr.err, "signalling thread");
+	assert_int_equal(sr.failed, 0);
+	settle_and_check(l, &r, (int)rounds, "race");
+	assert_int_equal(px_signal_del(l, signo), 0);
+	th_gate_destroy(&sr.go);
+	th_gate_destroy(&sr.done);
+}
+
+static void test_signal_race_no_lost_wakeup(void **state)
+{
+	(void)state;
+	px_loop *l = tu_loop();
+	set_prior(SIGUSR2, P_IGN);
+	set_prior(SIGRTMIN + 1, P_IGN);
+	sig_race(l, SIGUSR2, SEND_RAISE, v2_scaled(2000));
+	sig_race(l, SIGRTMIN + 1, SEND_RAISE, v2_scaled(1000));
+	/* kill(): the kernel may pick the loop's thread too.  Not under TSan,
+	 * whose runtime may never run a handler that interrupts another
+	 * thread's poll() (see PX_TSAN). */
+	if (!PX_TSAN)
+		sig_race(l, SIGUSR2, SEND_KILL, v2_scaled(2000));
+	px_loop_free(l);
+}
+
 /* ---- callbacks, run modes, counters -------------------------------------------- */
 
 /* A callback may delete its own signal: the earlier disposition is back at
@@ -1219,6 +1326,7 @@ int main(void)
 		TS_TEST(test_signal_burst),
 		TS_TEST(test_signal_blocked_in_loop_thread),
 		TS_TEST(test_signal_loop_in_other_thread),
+		TS_TEST(test_signal_race_no_lost_wakeup),
 		TS_TEST(test_signal_del_from_own_callback),
 		TS_TEST(test_signal_does_not_keep_run_alive),
 		TS_TEST(test_signal_stats),
