@@ -20,17 +20,20 @@
  *    (curl gave no CURL_POLL_REMOVE first) is px_io_del'ed before close.
  *
  * --et (edge-triggered watchers): libcurl does not promise to read or
- * write until EAGAIN.  A plain-TCP HTTP transfer reads one buffer
- * (CURLOPT_BUFFERSIZE, 16 KiB) per curl_multi_socket_action, and only keeps
- * reading while TLS has decrypted bytes pending; a body still in the
- * kernel then makes no new edge, and on epoll the transfer would stall
- * until its timeout.  So after each action on an edge-triggered fd the
- * program asks the kernel (poll with timeout 0) whether the directions
- * curl still wants are ready, and if so acts again, at most REDRIVE_MAX
- * times in a row; after that it continues from a 0 ms timer so that one
- * fast transfer cannot starve the others.  Without --et the loop reports a
- * ready fd again in the next iteration and no re-drive is needed.  The
- * summary says how many re-drives were made.
+ * write until EAGAIN.  The 7.88 of Debian 12 reads a plain-TCP body while
+ * poll() says the socket is readable, but at most 100 buffers per call
+ * (then it comes back through its own timer); other versions, protocols
+ * and connection filters behave otherwise, and nothing in the multi-socket
+ * documentation rules out leaving bytes in the kernel.  Bytes left there
+ * make no new edge: on epoll the transfer would then hang on curl's timer,
+ * or stall until its timeout.  So after each action on an edge-triggered
+ * fd the program asks the kernel (poll with timeout 0) whether the
+ * directions curl still wants are ready, and if so acts again, at most
+ * REDRIVE_MAX times in a row; after that it continues from a 0 ms timer so
+ * that one fast transfer cannot starve the others.  That costs one poll()
+ * per action.  Without --et the loop reports a ready fd again in the next
+ * iteration and no re-drive is needed.  The summary counts the re-drives
+ * (with 7.88 they come mostly from bodies that outlast its 100 buffers).
  *
  * Output: one line per URL, in the order transfers finish:
  *   OK|FAIL STATUS BYTES SECONDS sha256=HEX URL [(reason)]
