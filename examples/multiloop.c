@@ -476,6 +476,8 @@ static int setup(struct ml_server *s, void *states, size_t state_size)
 			fprintf(stderr, "%s: px_loop_new: %s\n", app->name, strerror(errno));
 			return -1;
 		}
+		if (i == 0)
+			s->main = w->loop;
 		/* Loop 0 binds the port (an ephemeral one for --port 0); the
 		 * others share it. */
 		int fd = s->n > 1 ? px_listen_tcp_opts(s->o->host, (uint16_t)s->port, 0,
@@ -529,7 +531,7 @@ int ml_run(const struct ml_app *app, const struct ml_options *o, void *states,
 	s->port = o->port;
 	s->t0 = mono_ms();
 
-	if (setup(s, states, state_size) < 0 || !(s->main = w[0].loop)) {
+	if (setup(s, states, state_size) < 0) {
 		status = 1;
 		goto out;
 	}
