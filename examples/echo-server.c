@@ -26,10 +26,11 @@
  * --threads N runs N loops, one per thread, each accepting on its own
  * SO_REUSEPORT listener (see multiloop.h).
  * SIGTERM or SIGINT: graceful stop.  The listeners are closed; a connection
- * is closed as soon as it is idle: nothing queued for it and nothing waiting
- * to be read (so the close sends FIN, never RST, and every byte the server
- * read is echoed before it).  Busy connections go on being served until
- * they are idle or the client closes.  Then the server exits 0 with a
+ * is closed once it is idle: nothing queued for it, nothing waiting to be
+ * read (so the close sends FIN, not RST, and every byte the server read is
+ * echoed before it) and nothing read for 200 ms (ML_IDLE_MS: a client
+ * between two sends is not cut off).  Busy connections go on being served
+ * until they are idle or the client closes.  Then the server exits 0 with a
  * summary line on stdout ("echo-server: exit reason=SIGTERM drain=clean
  * threads=N elapsed_ms=T connections=C bytes=B dropped=D").  A second
  * signal, or the drain deadline (--drain-ms, default 5000), closes what is
@@ -83,6 +84,7 @@ struct conn {
 	int fd;
 	bool reading; /* PX_READ armed */
 	bool eof;     /* peer done sending: close once the queue is empty */
+	uint64_t last_read; /* px_loop_now of the last read that got bytes */
 };
 
 /* One loop's state: only its thread touches it (the main thread reads the
@@ -180,6 +182,7 @@ static bool conn_read(px_loop *loop, struct conn *c)
 	for (;;) {
 		ssize_t n = recv(c->fd, st->rbuf, sizeof(st->rbuf), 0);
 		if (n > 0) {
+			c->last_read = px_loop_now(loop);
 			int rc = px_send(loop, c->fd, st->rbuf, (size_t)n);
 			if (rc < 0) {
 				conn_close(loop, c); /* -EPIPE, -ECONNRESET, -ENOMEM, ... */
@@ -213,31 +216,16 @@ static bool conn_read(px_loop *loop, struct conn *c)
 	}
 }
 
-/* While draining: close c if it is idle (nothing queued, nothing waiting to
- * be read), else make sure this is checked again when its queue is empty.
- * Data that is waiting is reported by its watcher: it is armed whenever the
- * queue is empty (with --et, new data after a read to EAGAIN makes an edge). */
+/* While draining (at its start, then every ML_DRAIN_TICK_MS): close c if
+ * it is idle: nothing queued for it, nothing waiting to be read (so the
+ * close sends FIN, not RST, and everything read has been echoed), and
+ * nothing read for ML_IDLE_MS (a client between two sends is not cut off).
+ * A busy connection is served as usual until it is idle or the client
+ * closes (then it closes once its queue is empty). */
 static void drain_check(px_loop *loop, struct conn *c)
 {
-	if (c->eof)
-		return; /* closes once the queue is empty */
-	if (px_send_pending(loop, c->fd) > 0) {
-		if (px_send_notify(loop, c->fd, 0, on_drain, c) < 0)
-			conn_close(loop, c);
+	if (c->eof || !c->reading || px_send_pending(loop, c->fd) > 0)
 		return;
-	}
-	if (!c->reading) {
-		if (set_reading(loop, c, true) < 0) {
-			conn_close(loop, c);
-			return;
-		}
-		if (!conn_read(loop, c))
-			return;
-		if (c->eof || px_send_pending(loop, c->fd) > 0) {
-			drain_check(loop, c);
-			return;
-		}
-	}
 	char b;
 	ssize_t n;
 	do
@@ -249,11 +237,14 @@ static void drain_check(px_loop *loop, struct conn *c)
 		conn_eof(loop, c); /* nothing queued: closes now */
 		return;
 	}
-	conn_close(loop, c); /* idle (EAGAIN), or an error */
+	if ((errno == EAGAIN || errno == EWOULDBLOCK) &&
+	    px_loop_now(loop) - c->last_read < ML_IDLE_MS)
+		return; /* quiet, but not for long yet */
+	conn_close(loop, c); /* idle, or an error */
 }
 
-/* The queue has fallen to ECHO_LOW (to 0 after end of file or while
- * draining), or a send failed (status < 0, the queue is gone). */
+/* The queue has fallen to ECHO_LOW (to 0 after end of file), or a send
+ * failed (status < 0, the queue is gone). */
 static void on_drain(px_loop *loop, int fd, int status, void *arg)
 {
 	struct conn *c = arg;
@@ -265,10 +256,6 @@ static void on_drain(px_loop *loop, int fd, int status, void *arg)
 	if (c->eof) {
 		if (px_send_pending(loop, fd) == 0)
 			conn_close(loop, c);
-		return;
-	}
-	if (c->st->w->draining) {
-		drain_check(loop, c);
 		return;
 	}
 	if (!c->reading) {
@@ -287,8 +274,7 @@ static void conn_cb(px_loop *loop, int fd, unsigned revents, void *arg)
 	struct conn *c = arg;
 	(void)fd;
 	(void)revents; /* PX_HUP / PX_ERR: recv() reports them */
-	if (conn_read(loop, c) && c->st->w->draining)
-		drain_check(loop, c);
+	conn_read(loop, c);
 }
 
 static void accept_cb(px_loop *loop, int lfd, int cfd, const struct sockaddr *peer,
@@ -311,6 +297,7 @@ static void accept_cb(px_loop *loop, int lfd, int cfd, const struct sockaddr *pe
 	c->fd = cfd;
 	c->st = st;
 	c->reading = true;
+	c->last_read = px_loop_now(loop);
 	if (px_io_add(loop, cfd, PX_READ | mode(), conn_cb, c) < 0) {
 		close(cfd);
 		free(c);

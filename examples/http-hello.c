@@ -15,7 +15,8 @@
  * --threads N runs N loops, one per thread, each accepting on its own
  * SO_REUSEPORT listener (see multiloop.h).
  * SIGTERM or SIGINT: graceful stop.  The listeners are closed, connections
- * that have not sent a byte are closed, requests already begun are answered;
+ * that have not sent a byte for 200 ms since they were accepted (ML_IDLE_MS)
+ * are closed, requests already begun are answered;
  * then the server exits 0 with a summary line on stdout
  * ("http-hello: exit reason=SIGTERM drain=clean threads=N elapsed_ms=T
  * connections=C requests=R dropped=D").  A second signal, or the drain
@@ -64,6 +65,7 @@ struct conn {
 	size_t inlen;
 	const char *out; /* the rest of the response still to write */
 	size_t outlen;
+	uint64_t since;  /* px_loop_now when accepted */
 	struct hstate *st;
 	struct conn *prev, *next;
 	char in[REQ_MAX + 1];
@@ -213,6 +215,7 @@ static void accept_cb(px_loop *loop, int lfd, int cfd, const struct sockaddr *pe
 	}
 	c->fd = cfd;
 	c->st = st;
+	c->since = px_loop_now(loop);
 	int rc = px_io_add(loop, cfd, PX_READ | (et ? PX_ET : 0), conn_cb, c);
 	if (rc < 0) {
 		fprintf(stderr, "http-hello: px_io_add: %s\n", strerror(-rc));
@@ -238,14 +241,16 @@ static int hello_start(struct ml_worker *w)
 	return 0;
 }
 
-/* Stop: a connection that has sent nothing yet is idle and closed now;
- * one that has begun a request gets its answer. */
+/* Stop: a connection that has sent nothing for ML_IDLE_MS since it was
+ * accepted is idle and closed; one that has begun a request (or sends it
+ * within ML_IDLE_MS) gets its answer.  Runs every ML_DRAIN_TICK_MS. */
 static void hello_drain(struct ml_worker *w)
 {
 	struct hstate *st = w->state;
+	uint64_t now = px_loop_now(w->loop);
 	for (struct conn *c = st->conns, *next; c; c = next) {
 		next = c->next;
-		if (!c->responding && c->inlen == 0)
+		if (!c->responding && c->inlen == 0 && now - c->since >= ML_IDLE_MS)
 			conn_close(w->loop, c);
 	}
 	if (st->nconns == 0)

@@ -270,7 +270,17 @@ static void check_all_done(struct ml_server *s)
 	px_loop_stop(s->main);
 }
 
-/* In the loop's thread: stop accepting, let the example close what is idle. */
+static void drain_tick(px_loop *loop, int64_t id, void *arg)
+{
+	struct ml_worker *w = arg;
+	(void)loop;
+	(void)id;
+	if (!w->drained)
+		w->srv->app->drain(w);
+}
+
+/* In the loop's thread: stop accepting, let the example close what is idle,
+ * now and every ML_DRAIN_TICK_MS. */
 static void worker_drain(struct ml_worker *w)
 {
 	if (w->draining)
@@ -281,6 +291,9 @@ static void worker_drain(struct ml_worker *w)
 		close(w->lfd);
 		w->lfd = -1;
 	}
+	/* Without the timer (-ENOMEM) only the deadline ends what goes quiet. */
+	int64_t id = px_timer_add(w->loop, ML_DRAIN_TICK_MS, ML_DRAIN_TICK_MS, drain_tick, w);
+	w->drain_tick = id > 0 ? id : 0;
 	w->srv->app->drain(w); /* may call ml_drained at once */
 }
 
@@ -289,6 +302,9 @@ void ml_drained(struct ml_worker *w)
 	if (w->drained)
 		return;
 	w->drained = true;
+	if (w->drain_tick > 0)
+		px_timer_del(w->loop, w->drain_tick);
+	w->drain_tick = 0;
 	if (w->idx == 0)
 		check_all_done(w->srv);
 	else

@@ -9,8 +9,9 @@
  *    px_loop_post; they answer the same way.
  *  - SIGTERM or SIGINT: a graceful drain.  Every loop deletes its acceptor
  *    and closes its listener, then the example's drain hook closes idle
- *    connections and lets the others finish; a loop whose last connection
- *    is gone has drained.  When every loop has drained the process exits 0.
+ *    connections (quiet for ML_IDLE_MS) and lets the others finish; it runs
+ *    again every ML_DRAIN_TICK_MS; a loop whose last connection is gone has
+ *    drained.  When every loop has drained the process exits 0.
  *    The drain is bounded: after --drain-ms (default 5000) or on a second
  *    SIGTERM/SIGINT, the force hook closes what is left (counted as
  *    "dropped"), and the process still exits 0.
@@ -20,6 +21,9 @@
  *  - At exit one summary line ("NAME: exit reason=... drain=clean|deadline|
  *    second-signal ..."), and with --stats a "counters when=exit" line.
  * Everything is printed to stdout, one line per report, flushed at once.
+ * Signal each process once: timeout(1) without --foreground, for one, sends
+ * a signal it forwards twice (to its child and to its process group), which
+ * reads as a second SIGTERM.
  *
  * Threads: a loop's state (its worker and the example's state for it) is
  * touched only by the thread that runs the loop, except what the comments
@@ -38,6 +42,11 @@
 
 #define ML_MAX_COUNTERS 8
 #define ML_MAX_THREADS  64
+/* While draining, a connection is idle (closed) only once it has been quiet
+ * this long: a client between two sends, or whose request is on its way,
+ * is not cut off.  The drain hook runs again every ML_DRAIN_TICK_MS. */
+#define ML_IDLE_MS       200
+#define ML_DRAIN_TICK_MS 100
 
 /* An example's own counter: summed over the loops, or (max) their maximum. */
 struct ml_counter {
@@ -62,6 +71,7 @@ struct ml_worker {
 	/* the loop's thread only: */
 	bool draining;        /* the acceptor is gone, the drain hook ran */
 	bool drained;         /* ml_drained was called */
+	int64_t drain_tick;   /* the timer that re-runs the drain hook */
 	const char *stop_reason; /* set by ml_stop_all, read by loop 0 in its post */
 	/* the main thread only: */
 	bool done;            /* the loop has returned, final is valid */
@@ -78,7 +88,8 @@ struct ml_app {
 	int ncounters;        /* <= ML_MAX_COUNTERS */
 	px_accept_cb *on_accept;                      /* arg: the struct ml_worker */
 	int (*start)(struct ml_worker *w);            /* optional, before the threads start */
-	void (*drain)(struct ml_worker *w);           /* close idle connections; ml_drained when none is left */
+	void (*drain)(struct ml_worker *w);           /* close idle connections; ml_drained when none is left
+	                                                 (at the start of the drain, then every ML_DRAIN_TICK_MS) */
 	void (*force)(struct ml_worker *w);           /* close every connection now, then ml_drained */
 	void (*snapshot)(struct ml_worker *w, uint64_t *c); /* the example's counters */
 	void (*cleanup)(struct ml_worker *w);         /* after the loop returned: free what is left */
