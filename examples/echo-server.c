@@ -28,7 +28,7 @@
  * SIGTERM or SIGINT: graceful stop.  The listeners are closed; a connection
  * is closed once it is idle: nothing queued for it, nothing waiting to be
  * read (so the close sends FIN, not RST, and every byte the server read is
- * echoed before it) and nothing read for 200 ms (ML_IDLE_MS: a client
+ * echoed before it) and nothing read for 1 s (ML_IDLE_MS: a client
  * between two sends is not cut off).  Busy connections go on being served
  * until they are idle or the client closes.  Then the server exits 0 with a
  * summary line on stdout ("echo-server: exit reason=SIGTERM drain=clean

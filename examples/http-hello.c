@@ -15,7 +15,7 @@
  * --threads N runs N loops, one per thread, each accepting on its own
  * SO_REUSEPORT listener (see multiloop.h).
  * SIGTERM or SIGINT: graceful stop.  The listeners are closed, connections
- * that have not sent a byte for 200 ms since they were accepted (ML_IDLE_MS)
+ * that have not sent a byte for 1 s since they were accepted (ML_IDLE_MS)
  * are closed, requests already begun are answered;
  * then the server exits 0 with a summary line on stdout
  * ("http-hello: exit reason=SIGTERM drain=clean threads=N elapsed_ms=T

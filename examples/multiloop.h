@@ -45,7 +45,7 @@
 /* While draining, a connection is idle (closed) only once it has been quiet
  * this long: a client between two sends, or whose request is on its way,
  * is not cut off.  The drain hook runs again every ML_DRAIN_TICK_MS. */
-#define ML_IDLE_MS       200
+#define ML_IDLE_MS       1000
 #define ML_DRAIN_TICK_MS 100
 
 /* An example's own counter: summed over the loops, or (max) their maximum. */
