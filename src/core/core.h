@@ -121,6 +121,13 @@ struct px_loop {
 	 * the current round until pxi_io_dispatch adds them in bulk. */
 	struct px_loop_stats st;
 
+	/* Called by io.c when px_io_del or px_io_close deletes a watcher (a
+	 * descriptor may have been freed), while something waits for one:
+	 * sock_accept.c's acceptors out of descriptors, listed in fd_waiters.
+	 * NULL otherwise. */
+	void (*on_fd_release)(px_loop *loop);
+	void *fd_waiters;
+
 	/* Signal watchers (signal.c), and its hook, run after every wake-up
 	 * (NULL while the loop watches no signal). */
 	struct pxi_signals *sig;
@@ -132,6 +139,7 @@ struct px_loop {
 	 * off the cache lines the loop's thread writes all the time. */
 	char pad_[64];
 	atomic_int wake_pending; /* 1: wakefd is or is about to be readable */
+	atomic_int sig_pending;  /* signal.c: some watched signal was recorded */
 	_Atomic(struct pxi_post *) posts; /* newest first */
 };
 
@@ -173,6 +181,10 @@ int pxi_wake(px_loop *loop);
 /* Drops the posts that have not run and closes the wake-up fd (after
  * pxi_io_free_all). */
 void pxi_wake_free(px_loop *loop);
+/* The posts made until now, oldest first (NULL: none); and running them,
+ * which frees them. */
+struct pxi_post *pxi_posts_take(px_loop *loop);
+void pxi_posts_run(px_loop *loop, struct pxi_post *fifo);
 /* Posts that have not run (px_loop_run's "alive"). */
 static inline bool pxi_posts_pending(const px_loop *loop)
 {
