@@ -241,10 +241,10 @@ static void gather_start(struct ml_server *s)
 		struct ml_worker *w = &s->w[i];
 		sl->g = g;
 		sl->w = w;
-		if (i == 0) {
-			take_snapshot(w, &sl->snap);
-			sl->answered = true;
-		} else if (w->done) {
+		/* Loop 0 too is asked with a post: a post runs after the
+		 * iteration's io callbacks, so their counts are all in (inside
+		 * this signal callback they may not be yet). */
+		if (w->done) {
 			sl->snap = w->final;
 			sl->answered = true;
 		} else if (post(w->loop, snap_request, sl) < 0) {

@@ -755,12 +755,21 @@ static void begin_drain(const char *reason)
 	check_drained();
 }
 
-static void on_signal(px_loop *loop, int signo, void *arg)
+static void print_sighup(px_loop *loop, void *arg)
 {
 	(void)loop;
 	(void)arg;
+	print_counters("sighup");
+}
+
+static void on_signal(px_loop *loop, int signo, void *arg)
+{
+	(void)arg;
 	if (signo == SIGHUP) {
-		print_counters("sighup");
+		/* From a post: it runs after this iteration's io callbacks, so
+		 * their counts are all in (inside this callback they may not be). */
+		if (px_loop_post(loop, print_sighup, NULL) < 0)
+			print_counters("sighup");
 		return;
 	}
 	const char *name = signo == SIGTERM ? "SIGTERM" : "SIGINT";
