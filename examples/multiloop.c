@@ -288,6 +288,17 @@ static void worker_drain(struct ml_worker *w)
 	w->draining = true;
 	if (w->lfd >= 0) {
 		px_acceptor_del(w->loop, w->lfd);
+		/* Closing a listener resets the connections in its accept queue,
+		 * whose clients may have sent their request already: take them
+		 * first (a bounded number), as connections to finish. */
+		for (int k = 0; k < 1024; k++) {
+			struct sockaddr_storage ss;
+			socklen_t sl = sizeof(ss);
+			int fd = px_accept(w->lfd, (struct sockaddr *)&ss, &sl);
+			if (fd < 0)
+				break;
+			w->srv->app->on_accept(w->loop, w->lfd, fd, (struct sockaddr *)&ss, sl, w);
+		}
 		close(w->lfd);
 		w->lfd = -1;
 	}

@@ -7,11 +7,12 @@
  *  - Loop 0 owns SIGTERM, SIGINT and SIGHUP (px_signal_add: one loop per
  *    signal per process) and talks to the other loops only with
  *    px_loop_post; they answer the same way.
- *  - SIGTERM or SIGINT: a graceful drain.  Every loop deletes its acceptor
- *    and closes its listener, then the example's drain hook closes idle
- *    connections (quiet for ML_IDLE_MS) and lets the others finish; it runs
- *    again every ML_DRAIN_TICK_MS; a loop whose last connection is gone has
- *    drained.  When every loop has drained the process exits 0.
+ *  - SIGTERM or SIGINT: a graceful drain.  Every loop deletes its acceptor,
+ *    takes the connections already in its listener's accept queue (closing
+ *    the listener would reset them) and closes it; the example's drain hook
+ *    then closes idle connections (quiet for ML_IDLE_MS) and lets the
+ *    others finish; it runs again every ML_DRAIN_TICK_MS; a loop whose last
+ *    connection is gone has drained.  When every loop has drained the process exits 0.
  *    The drain is bounded: after --drain-ms (default 5000) or on a second
  *    SIGTERM/SIGINT, the force hook closes what is left (counted as
  *    "dropped"), and the process still exits 0.
