@@ -194,8 +194,8 @@ PX_API uint64_t px_loop_now(const px_loop *loop);
  *   send_queued      bytes now queued by px_send over all fds
  *   posts            callbacks run from px_loop_post
  *   signals          signal callbacks run
- * The loop's own wake-up fd is not counted as an event or an io callback;
- * a wait it ended with no post or signal to run is an empty wake-up.
+ * The loop's own wake-up fd (px_loop_wake) is counted neither as an event
+ * nor as an io callback.
  */
 struct px_loop_stats {
 	uint64_t iterations;

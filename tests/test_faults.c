@@ -541,25 +541,40 @@ static void test_ctl_add_enospc(void **state)
 }
 
 /* poll/select: px_io_mod that arms a disarmed watcher puts the fd into the
- * backend's own table (pollfd array, fd_set words), which may have to grow:
- * that realloc is the equivalent of epoll_ctl failing.  On a fresh loop the
- * first armed fd makes the backend allocate: poll 2 reallocs (pollfd array,
- * index), select 4 (two interest sets, two result sets).  A failure at each
- * of them must leave the watcher as it was (disarmed), and a later px_io_mod
- * must work. */
+ * backend's own table (pollfd array and index, fd_set words), which may
+ * have to grow: that realloc is the equivalent of epoll_ctl failing.  The
+ * loop's wake-up fd is in that table from px_loop_new, so the arming must
+ * be made to need growth: b[0] sits at a high number (poll's index, all
+ * four of select's sets grow), and for poll the pollfd array is full (64
+ * entries: the wake-up fd and 63 armed fills).  A failure at each realloc
+ * must leave the watcher as it was (disarmed), and a later px_io_mod must
+ * work. */
 static void mod_fails_user_space(px_loop *loop)
 {
-	int nre = tu_is(loop, "poll") ? 2 : 4;
+	bool poll = tu_is(loop, "poll");
+	int nre = poll ? 2 : 4;
 	assert_int_equal(fi_calls(FI_EPOLL_CTL), 0);
 	need_realloc_faults(loop);
 	px_loop_free(loop);
 
 	for (int k = 0; k < nre; k++) {
-		int a[2], b[2];
-		struct reader ra = {0}, rb = {0};
+		int a[2], b[2], c[2], fill[63];
+		int nfill = poll ? 63 : 0;
+		struct reader ra = {0}, rb = {0}, rc_ = {0};
 		loop = tu_loop();
 		tu_socketpair(a);
-		tu_socketpair(b);
+		if (!high_pair(loop, b)) {
+			px_loop_free(loop);
+			tu_close_pair(a);
+			print_message("RLIMIT_NOFILE too low for a high fd\n");
+			skip();
+		}
+		tu_socketpair(c); /* never written: the fills stay silent */
+		for (int i = 0; i < nfill; i++) {
+			fill[i] = dup(c[0]);
+			assert_true(fill[i] >= 0);
+			assert_int_equal(px_io_add(loop, fill[i], PX_READ, reader_cb, &rc_), 0);
+		}
 		assert_int_equal(px_io_add(loop, b[0], 0, reader_cb, &rb), 0);
 		tu_send1(b[1]);
 		long before = fi_faults(FI_REALLOC);
@@ -581,11 +596,17 @@ static void mod_fails_user_space(px_loop *loop)
 		assert_int_equal(px_loop_run(loop, PX_RUN_ONCE), 0);
 		assert_int_equal(rb.n, 1);
 		assert_int_equal(rb.bytes, 1);
+		assert_int_equal(rc_.n, 0);
 		assert_int_equal(px_io_del(loop, a[0]), 0);
 		assert_int_equal(px_io_del(loop, b[0]), 0);
+		for (int i = 0; i < nfill; i++) {
+			assert_int_equal(px_io_del(loop, fill[i]), 0);
+			close(fill[i]);
+		}
 		px_loop_free(loop);
 		tu_close_pair(a);
 		tu_close_pair(b);
+		tu_close_pair(c);
 	}
 }
 
@@ -699,8 +720,8 @@ static void test_ctl_oneshot_rearm_fails(void **state)
 		need_realloc_faults(loop);
 	tu_socketpair(a);
 	assert_int_equal(px_io_add(loop, a[0], PX_READ | PX_ONESHOT, reader_cb, &ra), 0);
-	if (poll_be) /* a[0] + 63 fillers: the array (capacity 64) is full */
-		for (; nfill < 63; nfill++) {
+	if (poll_be) /* the wake-up fd, a[0] + 62 fillers: the array (capacity 64) is full */
+		for (; nfill < 62; nfill++) {
 			tu_socketpair(fill[nfill]);
 			assert_int_equal(px_io_add(loop, fill[nfill][0], PX_READ, tu_never_cb, NULL), 0);
 		}

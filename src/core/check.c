@@ -35,7 +35,7 @@ static void check_list(const px_loop *loop, const int *v, int len, unsigned flag
 /* between: called between iterations (no round of callbacks under way). */
 void pxi_loop_check(px_loop *loop, bool between)
 {
-	int nwatch = 0, nkernel = 0, norphans = 0;
+	int nwatch = 0, nkernel = 0, norphans = 0, ninternal = 0;
 
 	PXI_ASSERT(loop->wcap >= 0 && (loop->wcap == 0 || loop->w));
 	for (int fd = 0; fd < loop->wcap; fd++) {
@@ -46,6 +46,8 @@ void pxi_loop_check(px_loop *loop, bool between)
 			nkernel++;
 		if (w->flags & W_ORPHAN)
 			norphans++;
+		if (w->flags & W_INTERNAL)
+			ninternal++;
 		/* A deleted watcher left the kernel at once. */
 		PXI_ASSERT(w->cb || (!w->kev && !w->events && !w->lib && !w->fast));
 		PXI_ASSERT(!w->cb || !(w->flags & W_GONE));
@@ -64,6 +66,12 @@ void pxi_loop_check(px_loop *loop, bool between)
 			PXI_ASSERT(!(w->kev & (PX_ONESHOT | PXK_FIRED)));
 	}
 	PXI_ASSERT(nwatch == loop->nwatch);
+	/* The wake-up fd, and only it, is internal, registered for reading
+	 * in the kernel: a wake can never go unseen. */
+	PXI_ASSERT(ninternal == 1 && loop->wakefd[0] >= 0 && loop->wakefd[0] < loop->wcap);
+	PXI_ASSERT((loop->w[loop->wakefd[0]].flags & W_INTERNAL) &&
+	           loop->w[loop->wakefd[0]].events == PX_READ &&
+	           (loop->w[loop->wakefd[0]].kev & PX_READ));
 	PXI_ASSERT(nkernel == loop->nkernel);
 	PXI_ASSERT(norphans == loop->norphans);
 	if (loop->be->count)

@@ -6,6 +6,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef HAVE_EVENTFD
+#include <sys/eventfd.h>
+#endif
+
 #include "compat.h"
 
 int pxi_fd_flags(int fd, bool nonblock)
@@ -129,4 +133,76 @@ bool pxi_peek_eof(int fd)
 		n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
 	while (n < 0 && errno == EINTR);
 	return n == 0;
+}
+
+int pxi_wakefd_open(int fds[2])
+{
+#ifdef HAVE_EVENTFD
+	int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+
+	if (fd < 0)
+		return -errno;
+	fds[0] = fds[1] = fd;
+	return 0;
+#else
+	int rc;
+
+#ifdef HAVE_PIPE2
+	if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0)
+		return -errno;
+#else
+	/* Not atomic: a fork+exec in another thread in between inherits the
+	 * pipe (systems without pipe2 cannot do better). */
+	if (pipe(fds) < 0)
+		return -errno;
+	if ((rc = pxi_fd_flags(fds[0], true)) < 0 || (rc = pxi_fd_flags(fds[1], true)) < 0) {
+		pxi_wakefd_close(fds);
+		return rc;
+	}
+#endif
+	(void)rc;
+	return 0;
+#endif
+}
+
+int pxi_wakefd_signal(int wfd)
+{
+#ifdef HAVE_EVENTFD
+	uint64_t one = 1;
+#else
+	char one = 1;
+#endif
+	for (;;) {
+		if (write(wfd, &one, sizeof(one)) >= 0)
+			return 0;
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			return 0; /* the counter or the pipe is full: readable */
+		if (errno != EINTR)
+			return -errno;
+	}
+}
+
+void pxi_wakefd_drain(int rfd)
+{
+#ifdef HAVE_EVENTFD
+	uint64_t count;
+
+	/* One read resets the counter. */
+	while (read(rfd, &count, sizeof(count)) < 0 && errno == EINTR)
+		;
+#else
+	char buf[256];
+	ssize_t n;
+
+	while ((n = read(rfd, buf, sizeof(buf))) == (ssize_t)sizeof(buf) ||
+	       (n < 0 && errno == EINTR))
+		;
+#endif
+}
+
+void pxi_wakefd_close(const int fds[2])
+{
+	close(fds[0]);
+	if (fds[1] != fds[0])
+		close(fds[1]);
 }

@@ -51,6 +51,17 @@ ssize_t pxi_sendmsg(int fd, const struct msghdr *msg, int flags);
  * no-op elsewhere).  0 or -errno. */
 int pxi_nosigpipe(int fd);
 
+/* The loop's wake-up fd: an eventfd where the system has one (fds[0] ==
+ * fds[1]), else a pipe (read end, write end); close-on-exec and
+ * non-blocking.  0 or -errno, and then nothing is left open. */
+int pxi_wakefd_open(int fds[2]);
+/* Makes fds[0] readable.  Async-signal-safe (write() only); a full pipe or
+ * counter is already readable, so that is success.  0 or -errno. */
+int pxi_wakefd_signal(int wfd);
+/* Reads fds[0] until it is no longer readable. */
+void pxi_wakefd_drain(int rfd);
+void pxi_wakefd_close(const int fds[2]);
+
 /* Stream socket at end of file, by a peek (no data consumed): true when the
  * peer has shut down writing and nothing is left to read. */
 bool pxi_peek_eof(int fd);

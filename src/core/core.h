@@ -4,6 +4,7 @@
 #ifndef PX_CORE_H
 #define PX_CORE_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -37,6 +38,7 @@ struct pxi_sendq; /* defined by src/core/send.c */
 #define W_EOFSEEN 0x200u /* ET emulation: a check found the read side at end of file */
 #define W_EOFTOLD 0x400u /* ... and a callback has run since, so the reader saw it */
 #define W_GONE    0x800u /* deleted after this iteration's wait: its events are stale */
+#define W_INTERNAL 0x1000u /* the loop's own wake-up fd: invisible to px_io_* */
 /* Everything the ET emulation knows; forgotten when the mask changes. */
 #define W_ETSTATE (W_QUIET_R | W_QUIET_W | W_PROBE_R | W_PROBE_W | W_EOFSEEN | W_EOFTOLD)
 
@@ -60,6 +62,8 @@ struct pxi_watch {
 _Static_assert(sizeof(struct pxi_watch) <= 2 * sizeof(void *) + 8, "a watcher stays small");
 
 struct pxi_timer_slot; /* timer.c */
+struct pxi_post;       /* wake.c */
+struct pxi_signals;    /* signal.c */
 struct pxi_heap_node;  /* timer.c */
 struct pollfd;
 
@@ -116,7 +120,24 @@ struct px_loop {
 	/* px_loop_stats.  io_callbacks misses the fast path's callbacks of
 	 * the current round until pxi_io_dispatch adds them in bulk. */
 	struct px_loop_stats st;
+
+	/* Signal watchers (signal.c), and its hook, run after every wake-up
+	 * (NULL while the loop watches no signal). */
+	struct pxi_signals *sig;
+	void (*on_wake)(px_loop *loop);
+
+	/* wake.c.  wakefd[0] is watched (W_INTERNAL); wakefd[1] is written. */
+	int wakefd[2];
+	/* The only fields other threads (and signal handlers) touch, kept
+	 * off the cache lines the loop's thread writes all the time. */
+	char pad_[64];
+	atomic_int wake_pending; /* 1: wakefd is or is about to be readable */
+	_Atomic(struct pxi_post *) posts; /* newest first */
 };
+
+/* A signal handler may wake a loop: these must not take a lock. */
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2 && ATOMIC_POINTER_LOCK_FREE == 2,
+               "lock-free atomics for the wake-up path");
 
 /* Invariant checks (configure --enable-invariants): PXI_ASSERT aborts with
  * a message when a condition the code relies on is false; without the
@@ -143,7 +164,29 @@ void pxi_timers_run(px_loop *loop);
  * nothing.  0 or -ENOENT. */
 int pxi_timer_restart(px_loop *loop, int64_t id, uint64_t after_ms);
 
+/* wake.c */
+/* Creates the wake-up fd and its watcher; 0 or -errno (nothing left). */
+int pxi_wake_init(px_loop *loop);
+/* px_loop_wake without the argument check: a direct call, for the signal
+ * handler (no PLT entry to resolve inside a handler). */
+int pxi_wake(px_loop *loop);
+/* Drops the posts that have not run and closes the wake-up fd (after
+ * pxi_io_free_all). */
+void pxi_wake_free(px_loop *loop);
+/* Posts that have not run (px_loop_run's "alive"). */
+static inline bool pxi_posts_pending(const px_loop *loop)
+{
+	/* Relaxed: a post missed here is seen at the loop's next run. */
+	return atomic_load_explicit(&((px_loop *)loop)->posts, memory_order_relaxed) != NULL;
+}
+
+/* signal.c */
+/* Deletes every signal watcher of the loop, restoring dispositions. */
+void pxi_signals_free(px_loop *loop);
+
 /* io.c */
+/* Registers the loop's own fd for reading: not visible to px_io_* */
+int pxi_io_add_internal(px_loop *loop, int fd, px_io_cb *cb);
 int pxi_io_add_owned(px_loop *loop, int fd, unsigned events, px_io_cb *cb,
                      struct pxi_owner *owner);
 struct pxi_owner *pxi_io_owner(px_loop *loop, int fd); /* NULL if none */

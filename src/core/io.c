@@ -276,9 +276,16 @@ int pxi_io_add_owned(px_loop *loop, int fd, unsigned events, px_io_cb *cb,
 	return io_add(loop, fd, events, cb, owner, W_OWNED);
 }
 
+int pxi_io_add_internal(px_loop *loop, int fd, px_io_cb *cb)
+{
+	return io_add(loop, fd, PX_READ, cb, NULL, W_INTERNAL);
+}
+
 struct pxi_watch *pxi_io_get(const px_loop *loop, int fd)
 {
-	if (!loop || fd < 0 || fd >= loop->wcap || !loop->w[fd].cb)
+	/* The loop's own fd is not the user's to change or send on. */
+	if (!loop || fd < 0 || fd >= loop->wcap || !loop->w[fd].cb ||
+	    (loop->w[fd].flags & W_INTERNAL))
 		return NULL;
 	return &loop->w[fd];
 }

@@ -81,6 +81,17 @@ static px_loop *loop_create(const struct pxi_backend *be)
 		errno = err;
 		return NULL;
 	}
+	int rc = pxi_wake_init(loop);
+	if (rc < 0) {
+		pxi_io_free_all(loop);
+		loop->be->destroy(loop->bst);
+		free(loop);
+		errno = -rc;
+		return NULL;
+	}
+	/* Counters start at px_loop_new's return: the wake-up fd's
+	 * registration is not the user's kernel change. */
+	memset(&loop->st, 0, sizeof(loop->st));
 	loop->freeslot = UINT32_MAX;
 	loop->now_ns = pxi_clock_ns();
 	return loop;
@@ -134,10 +145,13 @@ void px_loop_free(px_loop *loop)
 {
 	if (!loop || loop->depth > 0 || loop->running)
 		return;
+	/* No handler may wake the loop once it is gone. */
+	pxi_signals_free(loop);
 	/* Owners (connects, acceptors) may delete their timers on release. */
 	pxi_io_free_all(loop);
 	pxi_send_loop_free(loop);
 	pxi_timers_free(loop);
+	pxi_wake_free(loop);
 	loop->be->destroy(loop->bst);
 	free(loop);
 }
@@ -256,8 +270,11 @@ static int iterate(px_loop *loop, int timeout_ms)
 
 static bool alive(const px_loop *loop)
 {
-	/* Pending connects and acceptors are registered watchers. */
-	return loop->nwatch > 0 || loop->ntimers > 0;
+	/* Pending connects and acceptors are registered watchers; the
+	 * wake-up fd's watcher is the one that does not count.  Signal
+	 * watchers do not either. */
+	PXI_ASSERT(loop->nwatch >= 1 && (loop->w[loop->wakefd[0]].flags & W_INTERNAL));
+	return loop->nwatch > 1 || loop->ntimers > 0 || pxi_posts_pending(loop);
 }
 
 int px_loop_run(px_loop *loop, int mode)

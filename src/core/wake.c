@@ -1,0 +1,128 @@
+/* px_loop_wake and px_loop_post: the loop's wake-up fd, and the posts other
+ * threads leave for it.
+ *
+ * The protocol, with every atomic operation sequentially consistent:
+ *  - a waker sets wake_pending; only the one that turned it from 0 to 1
+ *    writes the fd, so that a pending wake costs no system call;
+ *  - the loop, woken by the fd, drains it first and clears wake_pending
+ *    second, then looks at the posts (and signal.c at its signals).
+ * A waker that found wake_pending set did its own work (pushed a post,
+ * recorded a signal) before that; the loop's clear comes after it, and the
+ * loop looks at the posts after its clear, so it sees the work.  A waker
+ * that comes after the clear writes the fd again, and the next wait returns
+ * at once.  Clearing before draining would lose that write.
+ *
+ * Posts are a lock-free stack (one allocation per post, no lock shared with
+ * the loop's thread): the loop takes it whole and reverses it, so that the
+ * posts of each thread run in the order they were pushed. */
+#include <config.h>
+
+#include <errno.h>
+#include <stdlib.h>
+
+#include "core.h"
+
+struct pxi_post {
+	struct pxi_post *next;
+	px_post_cb *cb;
+	void *arg;
+};
+
+static void run_posts(px_loop *loop)
+{
+	struct pxi_post *p = atomic_exchange(&loop->posts, NULL), *fifo = NULL;
+
+	while (p) {
+		struct pxi_post *next = p->next;
+		p->next = fifo;
+		fifo = p;
+		p = next;
+	}
+	/* Taken whole: a post made by one of these callbacks waits for the
+	 * next wake-up, so posting from a post cannot starve the loop. */
+	while (fifo) {
+		struct pxi_post *cur = fifo;
+		px_post_cb *cb = cur->cb;
+		void *arg = cur->arg;
+		fifo = cur->next;
+		free(cur);
+		loop->st.posts++;
+		cb(loop, arg);
+	}
+}
+
+static void on_wakefd(px_loop *loop, int fd, unsigned revents, void *arg)
+{
+	(void)revents;
+	(void)arg;
+	/* The loop's own event: not the user's events or io callbacks
+	 * (dispatch counted both). */
+	loop->st.events--;
+	loop->st.io_callbacks--;
+	pxi_wakefd_drain(fd);
+	atomic_store(&loop->wake_pending, 0);
+	if (loop->on_wake)
+		loop->on_wake(loop);
+	run_posts(loop);
+}
+
+int pxi_wake_init(px_loop *loop)
+{
+	int rc = pxi_wakefd_open(loop->wakefd);
+
+	if (rc < 0)
+		return rc;
+	atomic_init(&loop->wake_pending, 0);
+	atomic_init(&loop->posts, NULL);
+	if ((rc = pxi_io_add_internal(loop, loop->wakefd[0], on_wakefd)) < 0) {
+		pxi_wakefd_close(loop->wakefd);
+		return rc;
+	}
+	return 0;
+}
+
+void pxi_wake_free(px_loop *loop)
+{
+	struct pxi_post *p = atomic_exchange(&loop->posts, NULL);
+
+	while (p) {
+		struct pxi_post *next = p->next;
+		free(p);
+		p = next;
+	}
+	pxi_wakefd_close(loop->wakefd);
+}
+
+int pxi_wake(px_loop *loop)
+{
+	/* A load first: while a wake is pending, wakers only read the
+	 * cache line instead of fighting over it. */
+	if (atomic_load(&loop->wake_pending) || atomic_exchange(&loop->wake_pending, 1))
+		return 0;
+	int saved = errno;
+	int rc = pxi_wakefd_signal(loop->wakefd[1]);
+	if (rc < 0)
+		atomic_store(&loop->wake_pending, 0); /* the next waker tries again */
+	errno = saved;
+	return rc;
+}
+
+int px_loop_wake(px_loop *loop)
+{
+	return loop ? pxi_wake(loop) : -EINVAL;
+}
+
+int px_loop_post(px_loop *loop, px_post_cb *cb, void *arg)
+{
+	if (!loop || !cb)
+		return -EINVAL;
+	struct pxi_post *p = malloc(sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	p->cb = cb;
+	p->arg = arg;
+	p->next = atomic_load(&loop->posts);
+	while (!atomic_compare_exchange_weak(&loop->posts, &p->next, p))
+		;
+	return pxi_wake(loop);
+}
