@@ -31,6 +31,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -55,6 +56,12 @@ static const struct async_driver *D;
 static const char *backend;
 static enum async_mode mode;
 static long M = 200000, S = 4000, W = 50, gap_ns = 50000;
+/* --cpus hot: the loop thread on one CPU, the producer on another, and a
+ * SCHED_IDLE spinner beside the loop thread so that its CPU never idles
+ * (an idle vCPU halts, and waking it costs the hypervisor's exit). */
+static bool hot;
+static int cpu_loop = -1, cpu_prod = -1;
+static atomic_int keeper_stop;
 
 static atomic_int ready, failed;
 static atomic_int done;       /* post-tput: the M-th message arrived */
@@ -136,12 +143,41 @@ __attribute__((noinline)) int producer_post(void *arg) { return D->post(arg); }
 __attribute__((noinline)) int producer_wake(void) { return D->wake(); }
 __attribute__((noinline)) void loop_run(void) { D->run(); }
 
+static void pin(int cpu)
+{
+	cpu_set_t cs;
+
+	CPU_ZERO(&cs);
+	CPU_SET(cpu, &cs);
+	if (pthread_setaffinity_np(pthread_self(), sizeof cs, &cs) != 0) {
+		fprintf(stderr, "async: cannot pin to CPU %d\n", cpu);
+		exit(1);
+	}
+}
+
+static void *keeper_thread(void *unused)
+{
+	struct sched_param sp = { 0 };
+
+	(void)unused;
+	pin(cpu_loop);
+	if (pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp) != 0) {
+		fprintf(stderr, "async: SCHED_IDLE refused\n");
+		exit(1);
+	}
+	while (!atomic_load_explicit(&keeper_stop, memory_order_relaxed))
+		__builtin_ia32_pause();
+	return NULL;
+}
+
 static void *loop_thread(void *unused)
 {
 	sigset_t set;
 	uint64_t c0;
 
 	(void)unused;
+	if (hot)
+		pin(cpu_loop);
 	sigemptyset(&set);
 	sigaddset(&set, SIGUSR1);
 	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
@@ -272,6 +308,8 @@ int main(int argc, char **argv)
 			gap_ns = atol(v) * 1000;
 		else if (!strcmp(a, "--samples-out"))
 			samples_out = v;
+		else if (!strcmp(a, "--cpus"))
+			hot = !strcmp(v, "hot");
 		else
 			usage();
 	}
@@ -298,6 +336,26 @@ int main(int argc, char **argv)
 	if ((int)mode < 0)
 		usage();
 
+	pthread_t keeper;
+	if (hot) {
+		cpu_set_t cs;
+		if (sched_getaffinity(0, sizeof cs, &cs) < 0)
+			async_die("sched_getaffinity");
+		for (int c = 0; c < CPU_SETSIZE && cpu_prod < 0; c++)
+			if (CPU_ISSET(c, &cs)) {
+				if (cpu_loop < 0)
+					cpu_loop = c;
+				else
+					cpu_prod = c;
+			}
+		if (cpu_prod < 0) {
+			fprintf(stderr, "async: --cpus hot needs two CPUs\n");
+			return 2;
+		}
+		pin(cpu_prod);
+		if (pthread_create(&keeper, NULL, keeper_thread, NULL) != 0)
+			async_die("pthread_create");
+	}
 	if (pthread_create(&th, NULL, loop_thread, NULL) != 0)
 		async_die("pthread_create");
 	/* The producer never takes SIGUSR1: the kernel delivers it to the
@@ -358,6 +416,11 @@ int main(int argc, char **argv)
 		printf(" gap_us=%ld loop_wakeups=%llu", gap_ns / 1000,
 		       (unsigned long long)(mode == M_SIGNAL_LAT ? signals_seen
 		                            : mode == M_WAKE_LAT ? woken : loop_wakeups));
+	}
+	if (hot) {
+		atomic_store(&keeper_stop, 1);
+		pthread_join(keeper, NULL);
+		printf(" cpus=hot");
 	}
 	printf("\n");
 	return 0;

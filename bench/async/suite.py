@@ -59,7 +59,11 @@ def parse_kv(line):
 
 
 def run_one(binary, v, mode, opt, samples_out=None, wrap=None, timeout=120):
+    free = mode.endswith("@free")
+    mode = mode.split("@")[0]
     cmd = [binary, "--lib", v[0], "--backend", v[1], "--mode", mode]
+    if not free:
+        cmd += ["--cpus", "hot"]
     if mode.endswith("tput"):
         cmd += ["--m", str(opt.m if mode == "post-tput" else opt.mw)]
     else:
@@ -165,6 +169,8 @@ def main():
                     help="also libev and libevent on poll and select")
     ap.add_argument("--no-callgrind", action="store_true")
     ap.add_argument("--no-strace", action="store_true")
+    ap.add_argument("--no-free", action="store_true",
+                    help="skip the unpinned latency runs (only the pinned, hot-CPU ones)")
     ap.add_argument("--cg-m", type=int, default=200000)
     ap.add_argument("--no-pollux", action="store_true", help="this build has no v2 pollux")
     ap.add_argument("--json", default="")
@@ -178,6 +184,8 @@ def main():
         want = set(opt.only.split(","))
         variants = [v for v in variants if vname(v) in want]
     modes = [m for m in MODES if m in opt.modes.split(",")]
+    if not opt.no_free:
+        modes += [m + "@free" for m in modes if m.endswith("lat")]
     tmp = tempfile.mkdtemp(prefix="pxasync.")
     res = {m: {v: {"runs": [], "samples": []} for v in variants} for m in modes}
 
@@ -200,7 +208,7 @@ def main():
                     r["error"] = str(e)
                     continue
                 r["runs"].append(kv)
-                if mode.endswith("lat"):
+                if "-lat" in mode:
                     with open(sfile) as f:
                         r["samples"] += [int(x) for x in f]
         print(f"[{time.time() - started:5.1f}s] pass {rep + 1}/{npass}", file=sys.stderr)
@@ -217,7 +225,7 @@ def main():
                 for key in ("wakes_per_s", "ns_per_wake", "prod_cpu_ns", "loop_wakeups"):
                     r[key] = med([x[key] for x in runs])
                 r["spread"] = [x["wakes_per_s"] for x in runs]
-            else:
+            elif r["runs"]:
                 s = sorted(r["samples"])
                 r["n"] = len(s)
                 r["med"], r["p90"], r["p99"] = pct(s, 50), pct(s, 90), pct(s, 99)
@@ -244,7 +252,7 @@ def main():
     # 3. System calls per latency sample (strace -f -c; deterministic).
     if not opt.no_strace and shutil.which("strace"):
         for mode in modes:
-            if not mode.endswith("lat"):
+            if not mode.endswith("lat"):  # the pinned runs only
                 continue
             for v in variants:
                 r = res[mode][v]
@@ -336,7 +344,7 @@ def main():
         if mode not in modes:
             continue
         what = {"post-lat": "post", "wake-lat": "wake", "signal-lat": "signal"}[mode]
-        out(f"#### {TITLES[mode]}\n")
+        out(f"#### {TITLES[mode]} (pinned, hot CPUs)\n")
         out("| variant | how | samples | median µs | p90 µs | p99 µs | per-run medians µs | "
             "median " + peer_cols() + " | p99 " + peer_cols() + " | syscalls/sample |")
         out("|---|---|---:|---:|---:|---:|---|" + "---:|" * (2 * len(present_peers)) + "---|")
@@ -352,11 +360,37 @@ def main():
                 + sysfmt(r) + " |")
         errors(mode)
         out("")
+    free_modes = [m for m in modes if m.endswith("@free")]
+    if free_modes:
+        out("#### The same latencies unpinned (the scheduler places the threads; no spinner)\n")
+        out("| variant | " + " | ".join(f"{m.split('-')[0]} median µs | {m.split('-')[0]} p99 µs | "
+                                         f"{m.split('-')[0]} per-run medians µs"
+                                         for m in free_modes) + " |")
+        out("|---|" + "---:|---:|---|" * len(free_modes))
+        for v in variants:
+            cells = []
+            for m in free_modes:
+                r = res[m][v]
+                if not r["runs"]:
+                    cells.append("- | - | -")
+                    continue
+                rm = r["rep_meds"]
+                cells.append(f"{r['med'] / 1e3:.1f} | {r['p99'] / 1e3:.1f} | "
+                             f"{min(rm) / 1e3:.1f}-{max(rm) / 1e3:.1f}")
+            out(f"| {vname(v)} | " + " | ".join(cells) + " |")
+        for m in free_modes:
+            errors(m)
+        out("\nUnpinned, a sample is fast (4-5 µs) when the kernel wakes the loop thread on the "
+            "sender's CPU (the spinning sender is preempted) and slow (20-40 µs) when it wakes it "
+            "on the other vCPU, halted while idle: the mix follows the machine's other load, "
+            "hence the spread of the per-run medians.\n")
     out(f"Latency: {opt.samples:,} samples per run x {npass} runs, pooled; before each "
         f"sample the sender spins {opt.gap_us} µs so that the loop is asleep in its wait; a "
         "sample is CLOCK_MONOTONIC in the loop's callback minus CLOCK_MONOTONIC just before "
         "the call. The sender blocks SIGUSR1: the kernel delivers the signal to the loop "
-        "thread. x peer = ratio of the medians (or of the p99s); < 1: faster than the peer. "
+        "thread. Pinned (--cpus hot): the loop thread on one CPU with a SCHED_IDLE spinner "
+        "beside it (its vCPU never halts), the sender on the other; throughput runs too. "
+        "x peer = ratio of the medians (or of the p99s); < 1: faster than the peer. "
         "syscalls/sample: both threads, from strace -f -c (600 samples minus 100), with the "
         "sender's own call (write, kill, ...) included.")
     out(f"\n{opt.reps} interleaved repetitions per cell; command: `{opt.command}`.")
