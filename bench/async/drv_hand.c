@@ -3,7 +3,9 @@
  *         made the queue non-empty; the loop reads the eventfd, then takes
  *         the whole queue (in that order: no lost wake-up).
  *   wake: an atomic "pending" flag; the eventfd is written only when it was
- *         clear; the loop clears it, then reads the eventfd.
+ *         clear; the loop reads the eventfd, then clears it (clearing first
+ *         would let the read swallow the write of a waker that came between:
+ *         the flag set, no write outstanding, every later wake lost).
  *   signal: sigaction handler (SA_RESTART) that sets a flag and writes the
  *         eventfd (the self-pipe trick). */
 #include <errno.h>
@@ -84,9 +86,9 @@ static void run(void)
 		switch (mode) {
 		case M_WAKE_TPUT:
 		case M_WAKE_LAT:
-			atomic_store(&wake_pending, 0);
 			if (read(efd, &cnt, sizeof cnt) < 0 && errno != EAGAIN)
 				async_die("read eventfd");
+			atomic_store(&wake_pending, 0);
 			async_woken();
 			break;
 		case M_POST_TPUT:
