@@ -160,8 +160,8 @@ def main():
     ap.add_argument("--mw", type=int, default=2000000, help="wakes per wake-rate run")
     ap.add_argument("--samples", type=int, default=2000, help="latency samples per run")
     ap.add_argument("--lat-runs", type=int, default=2,
-                    help="latency runs per repetition (short runs, interleaved: the machine's "
-                    "load changes under them)")
+                    help="runs per repetition (short runs, interleaved: the machine's load "
+                    "changes under them); the tables give the median of all of them")
     ap.add_argument("--gap-us", type=int, default=50)
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--only", default="", help="comma list of lib/backend variants")
@@ -189,13 +189,11 @@ def main():
     tmp = tempfile.mkdtemp(prefix="pxasync.")
     res = {m: {v: {"runs": [], "samples": []} for v in variants} for m in modes}
 
-    # 1. Wall clock: interleaved repetitions; the latency cells run lat_runs
-    # shorter runs per repetition, in separate passes.
+    # 1. Wall clock: interleaved repetitions, each of lat_runs passes (every
+    # variant once per pass, in a rotating order).
     npass = opt.reps * opt.lat_runs
     for rep in range(npass):
         for mode in modes:
-            if mode.endswith("tput") and rep % opt.lat_runs:
-                continue
             k = rep % max(len(variants), 1)
             for v in variants[k:] + variants[:k]:
                 r = res[mode][v]
@@ -315,7 +313,7 @@ def main():
                 f"{f1(r.get('ir_producer_post'))} | {f1(r.get('ir_loop_run'))} | "
                 + ratios(v, mode, "ns_per_post") + " |")
         errors(mode)
-        out("\nns/post = (time the M-th callback ran - start) / M, median of the repetitions; "
+        out(f"\nns/post = (time the M-th callback ran - start) / M, median of {npass} runs; "
             "x peer = ns/post ÷ the peer's (< 1: faster than the peer). CPU: the thread's "
             "CLOCK_THREAD_CPUTIME_ID / M. Ir: callgrind user-space instructions per post, "
             f"{opt.cg_m:,} posts (valgrind runs the two threads one at a time, so the loop "
@@ -337,8 +335,10 @@ def main():
                 f"{f1(r['prod_cpu_ns'])} | {f1(r['loop_wakeups'], 0)} | "
                 f"{f1(r.get('ir_producer_wake'))} | " + ratios(v, mode, "ns_per_wake") + " |")
         errors(mode)
-        out("\nThe wake-ups coalesce: a call while one is pending makes no system call, so this "
-            "is mostly the cost of the pending check; loop wake-ups = how many the loop saw.\n")
+        out(f"\nns/call = the producer's time for the calls / M, median of {npass} runs. The "
+            "wake-ups coalesce: a call while one is pending makes no system call, so this is "
+            "mostly the cost of the pending check; loop wake-ups = how many the loop saw "
+            "(median).\n")
 
     for mode in ("post-lat", "wake-lat", "signal-lat"):
         if mode not in modes:
@@ -384,16 +384,18 @@ def main():
             "sender's CPU (the spinning sender is preempted) and slow (20-40 µs) when it wakes it "
             "on the other vCPU, halted while idle: the mix follows the machine's other load, "
             "hence the spread of the per-run medians.\n")
-    out(f"Latency: {opt.samples:,} samples per run x {npass} runs, pooled; before each "
-        f"sample the sender spins {opt.gap_us} µs so that the loop is asleep in its wait; a "
-        "sample is CLOCK_MONOTONIC in the loop's callback minus CLOCK_MONOTONIC just before "
-        "the call. The sender blocks SIGUSR1: the kernel delivers the signal to the loop "
-        "thread. Pinned (--cpus hot): the loop thread on one CPU with a SCHED_IDLE spinner "
-        "beside it (its vCPU never halts), the sender on the other; throughput runs too. "
-        "x peer = ratio of the medians (or of the p99s); < 1: faster than the peer. "
-        "syscalls/sample: both threads, from strace -f -c (600 samples minus 100), with the "
-        "sender's own call (write, kill, ...) included.")
-    out(f"\n{opt.reps} interleaved repetitions per cell; command: `{opt.command}`.")
+    if any("-lat" in m for m in modes):
+        out(f"Latency: {opt.samples:,} samples per run x {npass} runs, pooled; before each "
+            f"sample the sender spins {opt.gap_us} µs so that the loop is asleep in its wait; a "
+            "sample is CLOCK_MONOTONIC in the loop's callback minus CLOCK_MONOTONIC just before "
+            "the call. The sender blocks SIGUSR1: the kernel delivers the signal to the loop "
+            "thread. Pinned (--cpus hot): the loop thread on one CPU with a SCHED_IDLE spinner "
+            "beside it (its vCPU never halts), the sender on the other; throughput runs too. "
+            "x peer = ratio of the medians (or of the p99s); < 1: faster than the peer. "
+            "syscalls/sample: both threads, from strace -f -c (600 samples minus 100), with the "
+            "sender's own call (write, kill, ...) included.")
+    out(f"\n{opt.reps} repetitions x {opt.lat_runs} runs per cell, interleaved (every variant "
+        f"once per pass, rotating order); command: `{opt.command}`.")
     text = "\n".join(L)
     print(text, flush=True)
     if opt.md:
