@@ -104,6 +104,30 @@ def callgrind_ir(binary, v, mode, fn, m, tmp):
     return total / m if total is not None else None
 
 
+def callgrind_lat(binary, v, mode, tmp, k0=100, k1=600):
+    """Loop-side user-space instructions per latency sample: everything under
+    loop_run (return from the wait, the library's handling, the callback, back
+    into the wait; the signal handler too), k1 samples minus k0, / (k1 - k0)."""
+    tot = []
+    for k in (k0, k1):
+        fd, out = tempfile.mkstemp(prefix="cg.", dir=tmp)
+        os.close(fd)
+        cmd = ["valgrind", "--tool=callgrind", "--toggle-collect=loop_run",
+               f"--callgrind-out-file={out}", binary, "--lib", v[0], "--backend", v[1],
+               "--mode", mode, "--samples", str(k), "--warmup", "0", "--gap-us", "50"]
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           timeout=600)
+        if p.returncode != 0:
+            raise RuntimeError((p.stderr.strip().splitlines() or ["callgrind failed"])[-1][:160])
+        with open(out) as f:
+            for line in f:
+                if line.startswith("totals:") or line.startswith("summary:"):
+                    tot.append(int(line.split()[1]))
+                    break
+        os.unlink(out)
+    return (tot[1] - tot[0]) / (k1 - k0)
+
+
 def strace_counts(binary, v, mode, tmp, k0=100, k1=600):
     """System calls per latency sample (both threads): strace -f -c of a run
     with k1 samples minus one with k0, divided by k1 - k0 (set-up cancels)."""
@@ -246,6 +270,17 @@ def main():
                         r["ir_" + fn] = callgrind_ir(opt.bin, v, mode, fn, opt.cg_m, tmp)
                     except Exception as e:  # noqa: BLE001
                         r["ir_error"] = str(e)
+        for mode in ("post-lat", "wake-lat", "signal-lat"):
+            if mode not in modes:
+                continue
+            for v in variants:
+                r = res[mode][v]
+                if r.get("error"):
+                    continue
+                try:
+                    r["ir_loop"] = callgrind_lat(opt.bin, v, mode, tmp)
+                except Exception as e:  # noqa: BLE001
+                    r["ir_error"] = str(e)
         print(f"[{time.time() - started:5.1f}s] callgrind done", file=sys.stderr)
     # 3. System calls per latency sample (strace -f -c; deterministic).
     if not opt.no_strace and shutil.which("strace"):
@@ -346,8 +381,9 @@ def main():
         what = {"post-lat": "post", "wake-lat": "wake", "signal-lat": "signal"}[mode]
         out(f"#### {TITLES[mode]} (pinned, hot CPUs)\n")
         out("| variant | how | samples | median µs | p90 µs | p99 µs | per-run medians µs | "
-            "median " + peer_cols() + " | p99 " + peer_cols() + " | syscalls/sample |")
-        out("|---|---|---:|---:|---:|---:|---|" + "---:|" * (2 * len(present_peers)) + "---|")
+            "median " + peer_cols() + " | p99 " + peer_cols() + " | loop Ir/sample | "
+            "syscalls/sample |")
+        out("|---|---|---:|---:|---:|---:|---|" + "---:|" * (2 * len(present_peers) + 1) + "---|")
         for v in variants:
             r = res[mode][v]
             if not r["runs"]:
@@ -357,7 +393,7 @@ def main():
                 f"{r['p90'] / 1e3:.1f} | {r['p99'] / 1e3:.1f} | "
                 f"{min(rm) / 1e3:.1f}-{max(rm) / 1e3:.1f} | "
                 + ratios(v, mode, "med") + " | " + ratios(v, mode, "p99") + " | "
-                + sysfmt(r) + " |")
+                + f1(r.get("ir_loop"), 0) + " | " + sysfmt(r) + " |")
         errors(mode)
         out("")
     free_modes = [m for m in modes if m.endswith("@free")]
@@ -393,7 +429,10 @@ def main():
             "beside it (its vCPU never halts), the sender on the other; throughput runs too. "
             "x peer = ratio of the medians (or of the p99s); < 1: faster than the peer. "
             "syscalls/sample: both threads, from strace -f -c (600 samples minus 100), with the "
-            "sender's own call (write, kill, ...) included.")
+            "sender's own call (write, kill, ...) included. loop Ir/sample: callgrind, "
+            "user-space instructions of the loop thread per sample (600 samples minus 100): "
+            "from the wait's return through the library's handling and the callback back "
+            "into the wait (pollux's wake-up: one px_loop_run(PX_RUN_ONCE) call per wake-up).")
     out(f"\n{opt.reps} repetitions x {opt.lat_runs} runs per cell, interleaved (every variant "
         f"once per pass, rotating order); command: `{opt.command}`.")
     text = "\n".join(L)
