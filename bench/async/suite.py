@@ -432,7 +432,9 @@ def main():
             "sender's own call (write, kill, ...) included. loop Ir/sample: callgrind, "
             "user-space instructions of the loop thread per sample (600 samples minus 100): "
             "from the wait's return through the library's handling and the callback back "
-            "into the wait (pollux's wake-up: one px_loop_run(PX_RUN_ONCE) call per wake-up).")
+            "into the wait (pollux's wake-up: one px_loop_run(PX_RUN_ONCE) call per wake-up); "
+            "libuv's is inflated by its busy-wait for the sender (uv__async_spin), which "
+            "valgrind's one-thread-at-a-time scheduling stretches.")
     out(f"\n{opt.reps} repetitions x {opt.lat_runs} runs per cell, interleaved (every variant "
         f"once per pass, rotating order); command: `{opt.command}`.")
     text = "\n".join(L)
