@@ -51,9 +51,15 @@ probe HAVE_DECL_SOCK_CLOEXEC sys/socket.h SOCK_CLOEXEC
 probe HAVE_DECL_MSG_NOSIGNAL sys/socket.h MSG_NOSIGNAL
 probe HAVE_DECL_MSG_CMSG_CLOEXEC sys/socket.h MSG_CMSG_CLOEXEC
 probe HAVE_DECL_POLLRDHUP poll.h POLLRDHUP
+# the library's own (configure's AC_CHECK_FUNCS)
+probe HAVE_EVENTFD sys/eventfd.h eventfd
+probe HAVE_PIPE2 unistd.h pipe2
 rm -f "$dir/cfg/probe.c"
 
 srcs="$lib/src/core/loop.c $lib/src/core/io.c $lib/src/core/timer.c $lib/src/core/clock.c $lib/src/core/check.c $lib/src/core/compat.c"
+for f in wake signal; do
+	if [ -f "$lib/src/core/$f.c" ]; then srcs="$srcs $lib/src/core/$f.c"; fi
+done
 for b in select poll epoll; do
 	if [ -f "$lib/src/backend/$b.c" ]; then srcs="$srcs $lib/src/backend/$b.c"; fi
 done

@@ -1116,6 +1116,179 @@ static void test_stats_size_and_bad_input(void **state)
 	tu_close_pair(sv);
 }
 
+
+/* Posts and the iteration they run in (the threaded tests are in
+ * test_post.c).  A post made by a callback runs in the next iteration even
+ * when the loop's wake-up fd is reported later in the same round, which
+ * happens when a wake was already pending at the wait. */
+struct post_probe {
+	px_loop *loop;
+	uint64_t posted_in; /* iteration counter when posted */
+	uint64_t ran_in;
+	int ran;
+	int sv[2];
+	int io_seen;
+};
+
+static uint64_t iterations(px_loop *loop)
+{
+	struct px_loop_stats st;
+	assert_int_equal(px_loop_stats(loop, &st, sizeof(st)), 0);
+	return st.iterations;
+}
+
+static void probe_post_cb(px_loop *loop, void *arg)
+{
+	struct post_probe *p = arg;
+	p->ran++;
+	p->ran_in = iterations(loop);
+}
+
+static void probe_io_posts(px_loop *loop, int fd, unsigned revents, void *arg)
+{
+	struct post_probe *p = arg;
+	char c;
+	(void)revents;
+	if (read(fd, &c, 1) == 1)
+		p->io_seen++;
+	p->posted_in = iterations(loop);
+	assert_int_equal(px_loop_post(loop, probe_post_cb, p), 0);
+	assert_int_equal(p->ran, 0); /* never inside px_loop_post */
+}
+
+static void test_post_from_callback_next_iteration(void **state)
+{
+	(void)state;
+	for (int prewake = 0; prewake < 2; prewake++) {
+		px_loop *loop = tu_loop();
+		struct post_probe p = { .loop = loop };
+		tu_socketpair(p.sv);
+		assert_int_equal(px_io_add(loop, p.sv[0], PX_READ, probe_io_posts, &p), 0);
+		tu_send1(p.sv[1]);
+		/* A pending wake: the wake-up fd is ready at the same wait as
+		 * the socket, in whatever order the backend reports them. */
+		if (prewake)
+			assert_int_equal(px_loop_wake(loop), 0);
+		assert_int_equal(px_loop_run(loop, PX_RUN_ONCE), 0);
+		assert_int_equal(p.io_seen, 1);
+		assert_int_equal(p.ran, 0);
+		/* The next iteration must not sleep: the post wakes it. */
+		assert_int_equal(px_loop_run(loop, PX_RUN_ONCE), 0);
+		assert_int_equal(p.ran, 1);
+		assert_int_equal(p.ran_in, p.posted_in + 1);
+		assert_int_equal(px_io_del(loop, p.sv[0]), 0);
+		px_loop_free(loop);
+		tu_close_pair(p.sv);
+	}
+}
+
+/* A post that adds a watcher: the watcher gets the readiness of later waits
+ * like any other (no stale-event mark left behind). */
+struct post_adds {
+	int sv[2];
+	struct post_probe io;
+};
+
+static void count_io(px_loop *loop, int fd, unsigned revents, void *arg)
+{
+	struct post_probe *p = arg;
+	char c;
+	(void)loop;
+	(void)revents;
+	if (read(fd, &c, 1) == 1)
+		p->io_seen++;
+}
+
+static void post_add_watcher(px_loop *loop, void *arg)
+{
+	struct post_adds *a = arg;
+	assert_int_equal(px_io_add(loop, a->sv[0], PX_READ, count_io, &a->io), 0);
+}
+
+static void test_post_adds_watcher(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	struct post_adds a = {0};
+	tu_socketpair(a.sv);
+	tu_send1(a.sv[1]);
+	assert_int_equal(px_loop_post(loop, post_add_watcher, &a), 0);
+	assert_int_equal(px_loop_run(loop, PX_RUN_ONCE), 0);
+	assert_int_equal(a.io.io_seen, 0);
+	assert_int_equal(px_loop_run(loop, PX_RUN_ONCE), 0);
+	assert_int_equal(a.io.io_seen, 1);
+	assert_int_equal(px_io_del(loop, a.sv[0]), 0);
+	px_loop_free(loop);
+	tu_close_pair(a.sv);
+}
+
+/* Posts keep PX_RUN_DEFAULT running, and nothing else does here: the run
+ * returns once the posts (and the posts they make) have run. */
+static void repost_cb(px_loop *loop, void *arg)
+{
+	int *left = arg;
+	if (--*left > 0)
+		assert_int_equal(px_loop_post(loop, repost_cb, left), 0);
+}
+
+static void test_posts_keep_run_default(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	int left = 5;
+	assert_int_equal(px_loop_post(loop, repost_cb, &left), 0);
+	assert_int_equal(px_loop_run(loop, PX_RUN_DEFAULT), 0);
+	assert_int_equal(left, 0);
+	struct px_loop_stats st;
+	assert_int_equal(px_loop_stats(loop, &st, sizeof(st)), 0);
+	assert_int_equal(st.posts, 5);
+	assert_true(st.iterations >= 5);
+	/* The wake-up fd is the loop's own: no event, no io callback. */
+	assert_int_equal(st.events, 0);
+	assert_int_equal(st.io_callbacks, 0);
+	px_loop_free(loop);
+}
+
+static void never_timer(px_loop *loop, int64_t id, void *arg)
+{
+	(void)loop;
+	(void)id;
+	(void)arg;
+	fail_msg("the guard timer fired: the wake did not end the wait");
+}
+
+/* The wake-up fd is not the user's: px_io_* on its number say so. */
+static void test_wakefd_not_users(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	int found = 0;
+	for (int fd = 0; fd < 64; fd++) {
+		if (fcntl(fd, F_GETFD) < 0)
+			continue;
+		int rc = px_io_del(loop, fd);
+		if (rc == -ENOENT && px_io_add(loop, fd, PX_READ, tu_never_cb, NULL) == -EEXIST) {
+			found++;
+			assert_int_equal(px_io_mod(loop, fd, PX_WRITE), -ENOENT);
+			assert_int_equal(px_io_close(loop, fd), -ENOENT);
+			assert_int_equal(px_send(loop, fd, "x", 1), -ENOENT);
+			assert_true(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+		} else if (rc == 0) {
+			fail_msg("fd %d was registered behind the test's back", fd);
+		} else {
+			px_io_del(loop, fd);
+		}
+	}
+	assert_int_equal(found, 1);
+	/* And the loop still wakes. */
+	assert_int_equal(px_loop_wake(loop), 0);
+	int64_t guard = px_timer_add(loop, 60000, 0, never_timer, NULL);
+	assert_true(guard >= 0);
+	assert_int_equal(px_loop_run(loop, PX_RUN_ONCE), 0);
+	assert_int_equal(px_timer_del(loop, guard), 0);
+	px_loop_free(loop);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1155,6 +1328,10 @@ int main(void)
 		TU_TEST(test_stats_send_queued),
 		TU_TEST(test_stats_wakeups),
 		TU_TEST(test_stats_size_and_bad_input),
+		TU_TEST(test_post_from_callback_next_iteration),
+		TU_TEST(test_post_adds_watcher),
+		TU_TEST(test_posts_keep_run_default),
+		TU_TEST(test_wakefd_not_users),
 	};
 	return TU_RUN("test_loop", tests);
 }

@@ -173,6 +173,10 @@ int pxi_wake(px_loop *loop);
 /* Drops the posts that have not run and closes the wake-up fd (after
  * pxi_io_free_all). */
 void pxi_wake_free(px_loop *loop);
+/* The posts made until now, oldest first (NULL: none); and running them,
+ * which frees them. */
+struct pxi_post *pxi_posts_take(px_loop *loop);
+void pxi_posts_run(px_loop *loop, struct pxi_post *fifo);
 /* Posts that have not run (px_loop_run's "alive"). */
 static inline bool pxi_posts_pending(const px_loop *loop)
 {

@@ -254,12 +254,23 @@ static int iterate(px_loop *loop, int timeout_ms)
 	if (n < 0)
 		return n;
 	n = pxi_io_add_failed(loop, n);
+	/* The posts made before the wait returned; later ones wait for the
+	 * next iteration. */
+	struct pxi_post *posts = pxi_posts_take(loop);
 	loop->ran_cb = false;
 	loop->in_cb_window = true;
 	if (loop->heaplen > 0)
 		pxi_timers_run(loop);
 	pxi_io_dispatch(loop, n);
 	loop->in_cb_window = false;
+	/* After the window: this iteration's events are all dispatched, so
+	 * watchers the posts add or delete need no stale-event marks. */
+	if (posts) {
+		loop->ran_cb = true;
+		loop->depth++;
+		pxi_posts_run(loop, posts);
+		loop->depth--;
+	}
 	if (loop->etlen > 0 && loop->ran_cb)
 		pxi_io_et_check(loop);
 #ifdef PX_INVARIANTS

@@ -13,8 +13,12 @@
  * at once.  Clearing before draining would lose that write.
  *
  * Posts are a lock-free stack (one allocation per post, no lock shared with
- * the loop's thread): the loop takes it whole and reverses it, so that the
- * posts of each thread run in the order they were pushed. */
+ * the loop's thread).  Right after each wait the loop takes it whole and
+ * reverses it, so that the posts of each thread run in the order they were
+ * pushed, and runs them after that iteration's io callbacks: a post made
+ * by a callback, even one of the same round, waits for the next iteration.
+ * The wake-up fd's callback only drains it; a post it finds in the stack
+ * after its clear was made since the wait, and it wakes the loop again. */
 #include <config.h>
 
 #include <errno.h>
@@ -28,8 +32,11 @@ struct pxi_post {
 	void *arg;
 };
 
-static void run_posts(px_loop *loop)
+struct pxi_post *pxi_posts_take(px_loop *loop)
 {
+	/* A load first: a loop nobody posts to keeps the line shared. */
+	if (!atomic_load_explicit(&loop->posts, memory_order_relaxed))
+		return NULL;
 	struct pxi_post *p = atomic_exchange(&loop->posts, NULL), *fifo = NULL;
 
 	while (p) {
@@ -38,8 +45,11 @@ static void run_posts(px_loop *loop)
 		fifo = p;
 		p = next;
 	}
-	/* Taken whole: a post made by one of these callbacks waits for the
-	 * next wake-up, so posting from a post cannot starve the loop. */
+	return fifo;
+}
+
+void pxi_posts_run(px_loop *loop, struct pxi_post *fifo)
+{
 	while (fifo) {
 		struct pxi_post *cur = fifo;
 		px_post_cb *cb = cur->cb;
@@ -63,7 +73,11 @@ static void on_wakefd(px_loop *loop, int fd, unsigned revents, void *arg)
 	atomic_store(&loop->wake_pending, 0);
 	if (loop->on_wake)
 		loop->on_wake(loop);
-	run_posts(loop);
+	/* Posts made after this iteration's wait run in the next one, which
+	 * must then not sleep: one made since the wait whose poster found the
+	 * wake pending (before the clear above) wrote nothing. */
+	if (atomic_load(&loop->posts))
+		(void)pxi_wake(loop);
 }
 
 int pxi_wake_init(px_loop *loop)
