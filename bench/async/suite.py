@@ -135,8 +135,10 @@ def strace_counts(binary, v, mode, tmp, k0=100, k1=600):
     for k in (k0, k1):
         fd, out = tempfile.mkstemp(prefix="st.", dir=tmp)
         os.close(fd)
+        # strace slows every system call down: a longer gap, so that the loop
+        # is back asleep before each sample here too.
         cmd = ["strace", "-f", "-qq", "-c", "-o", out, binary, "--lib", v[0], "--backend", v[1],
-               "--mode", mode, "--samples", str(k), "--warmup", "0", "--gap-us", "50"]
+               "--mode", mode, "--samples", str(k), "--warmup", "0", "--gap-us", "1000"]
         p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            timeout=300)
         if p.returncode != 0:
@@ -428,7 +430,8 @@ def main():
             "thread. Pinned (--cpus hot): the loop thread on one CPU with a SCHED_IDLE spinner "
             "beside it (its vCPU never halts), the sender on the other; throughput runs too. "
             "x peer = ratio of the medians (or of the p99s); < 1: faster than the peer. "
-            "syscalls/sample: both threads, from strace -f -c (600 samples minus 100), with the "
+            "syscalls/sample: both threads, from strace -f -c (600 samples minus 100, 1 ms apart), "
+            "with the "
             "sender's own call (write, kill, ...) included. loop Ir/sample: callgrind, "
             "user-space instructions of the loop thread per sample (600 samples minus 100): "
             "from the wait's return through the library's handling and the callback back "
