@@ -411,11 +411,17 @@ PX_API int px_accept(int listen_fd, struct sockaddr *sa, socklen_t *salen);
  * readable, accepts the ready connections (at most a bounded batch per
  * iteration, for fairness) and calls cb for each with a non-blocking,
  * close-on-exec client fd that cb owns.  On a resource failure (EMFILE,
- * ENFILE, ENOBUFS, ENOMEM) cb gets client_fd = -errno and peer NULL once per
- * episode; the acceptor then backs off instead of spinning (it may accept and
- * drop pending connections with a reserve fd to relieve EMFILE) and resumes by
- * itself once accepting works.  Any other accept failure is treated the
- * same way (reported once, backed off), so a broken listener cannot spin.
+ * ENFILE, ENOBUFS, ENOMEM) cb gets client_fd = -errno and peer NULL, once per
+ * episode and at most once a second (an episode that starts sooner is
+ * reported if it lasts until then); the acceptor then backs off instead of
+ * spinning: it retries after 5 ms, doubling while the failure lasts, up to
+ * 500 ms.  Out of descriptors (EMFILE, ENFILE) it also retries as soon as
+ * px_io_del or px_io_close deletes any watcher of the loop (a descriptor was
+ * probably freed), and once the shortage has lasted 250 ms it closes the
+ * pending connections (through a reserve descriptor) rather than leave their
+ * clients waiting.  It resumes by itself once accepting works.  Any other
+ * accept failure is treated the same way (reported, backed off), so a broken
+ * listener cannot spin.
  * Errors: -EINVAL (NULL loop/cb, socket not
  * listening), -EBADF, -ENOTSOCK, -EEXIST fd already registered, -ENOMEM.
  * px_acceptor_del: -ENOENT when fd is not an acceptor.  Neither closes

@@ -1048,8 +1048,8 @@ static void test_acceptor_emfile_two_episodes(void **state)
 
 	assert_int_equal(px_acceptor_add(loop, lfd, acc_cb, &a), 0);
 
-	/* Episode 1: three failing accept4 calls (the first report, the second
-	 * failure, whose reserve-fd drop also fails), then accept works. */
+	/* Episode 1: three failing accept4 calls (the first report, then two
+	 * retries after 5 and 10 ms), then accept works. */
 	int c1 = client(port);
 	fi_plan_ex(ac, 0, 3, EMFILE, fi_pred_fd, &lfd, 0);
 	tu_run_for(loop, 3000);
@@ -1058,23 +1058,87 @@ static void test_acceptor_emfile_two_episodes(void **state)
 	assert_int_equal(a.lasterr, -EMFILE);
 	assert_int_equal(a.nconn, 1);
 
-	/* Episode 2, separate: reported again. */
+	/* Episode 2, at once: a short episode less than a second after the
+	 * last report is not reported (at most one report a second). */
 	int c2 = client(port);
 	fi_plan_ex(ac, 0, 1, EMFILE, fi_pred_fd, &lfd, 0);
 	tu_run_for(loop, 3000);
 	assert_int_equal(fi_faults(ac), 4);
-	assert_int_equal(a.nerr, 2);
+	assert_int_equal(a.nerr, 1);
 	assert_int_equal(a.nconn, 2);
+
+	/* Episode 3, over a second later: reported again. */
+	tu_sleep_ms(1100);
+	int c3 = client(port);
+	fi_plan_ex(ac, 0, 1, EMFILE, fi_pred_fd, &lfd, 0);
+	tu_run_for(loop, 3000);
+	assert_int_equal(fi_faults(ac), 5);
+	assert_int_equal(a.nerr, 2);
+	assert_int_equal(a.nconn, 3);
 
 	/* No connection was lost: each accepted fd reaches one client. */
 	tu_send1(c1);
 	tu_send1(c2);
+	tu_send1(c3);
 	tu_sleep_ms(10);
-	assert_int_equal(tu_drain(a.fds[0]) + tu_drain(a.fds[1]), 2);
+	assert_int_equal(tu_drain(a.fds[0]) + tu_drain(a.fds[1]) + tu_drain(a.fds[2]), 3);
 
 	acc_close_all(&a);
 	close(c1);
 	close(c2);
+	close(c3);
+	assert_int_equal(px_acceptor_del(loop, lfd), 0);
+	px_loop_free(loop);
+	close(lfd);
+}
+
+/* Out of descriptors, the acceptor retries as soon as the loop deletes a
+ * watcher (a descriptor was probably freed), not only when its back-off
+ * timer fires: after ~1 s of EMFILE the back-off is 500 ms, and two
+ * non-waiting iterations after a px_io_del make one more accept call. */
+static void test_acceptor_resumes_on_release(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	uint16_t port;
+	int lfd = listener(&port);
+	struct acc a = { .stop_on_conn = true };
+	enum fi_call ac = accept_call();
+	int sv[2];
+
+	assert_int_equal(px_acceptor_add(loop, lfd, acc_cb, &a), 0);
+	int c = client(port);
+	fi_plan_ex(ac, 0, -1, EMFILE, fi_pred_fd, &lfd, 0);
+	tu_run_for(loop, 1200); /* back-offs 5, 10, ... 320, 500 ms */
+	/* Wait for the next retry, so that a whole 500 ms back-off is ahead. */
+	long calls = fi_calls(ac);
+	for (int i = 0; i < 50 && fi_calls(ac) == calls; i++)
+		assert_int_equal(px_loop_run(loop, PX_RUN_ONCE), 0);
+	assert_true(fi_calls(ac) > calls);
+	double t0 = tu_now_ms();
+	calls = fi_calls(ac);
+
+	/* Nothing is due: non-waiting iterations make no accept call. */
+	tu_nowait(loop, 2);
+	assert_int_equal(fi_calls(ac), calls);
+	/* A watcher is deleted: the acceptor retries at once. */
+	tu_socketpair(sv);
+	assert_int_equal(px_io_add(loop, sv[0], PX_READ, tu_never_cb, NULL), 0);
+	assert_int_equal(px_io_del(loop, sv[0]), 0);
+	tu_close_pair(sv);
+	tu_nowait(loop, 2);
+	if (tu_now_ms() - t0 >= 450)
+		fail_msg("the test's precondition failed: 4 iterations took %.0f ms, the "
+		         "back-off timer may have fired", tu_now_ms() - t0);
+	assert_true(fi_calls(ac) > calls);
+	assert_int_equal(a.nerr, 1);
+
+	/* The shortage ends: the connection that waited is accepted. */
+	fi_clear(ac);
+	tu_run_for(loop, 3000);
+	assert_int_equal(a.nconn, 1);
+	acc_close_all(&a);
+	close(c);
 	assert_int_equal(px_acceptor_del(loop, lfd), 0);
 	px_loop_free(loop);
 	close(lfd);
@@ -1413,6 +1477,7 @@ int main(void)
 		FI_TEST(test_acceptor_enobufs),
 		FI_TEST(test_acceptor_enomem),
 		FI_TEST(test_acceptor_emfile_two_episodes),
+		FI_TEST(test_acceptor_resumes_on_release),
 		FI_TEST(test_acceptor_rearm_ctl_fails),
 		FI_TEST(test_send_eintr_eagain),
 		FI_TEST(test_send_enobufs_immediate),

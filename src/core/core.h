@@ -121,6 +121,13 @@ struct px_loop {
 	 * the current round until pxi_io_dispatch adds them in bulk. */
 	struct px_loop_stats st;
 
+	/* Called by io.c when px_io_del or px_io_close deletes a watcher (a
+	 * descriptor may have been freed), while something waits for one:
+	 * sock_accept.c's acceptors out of descriptors, listed in fd_waiters.
+	 * NULL otherwise. */
+	void (*on_fd_release)(px_loop *loop);
+	void *fd_waiters;
+
 	/* Signal watchers (signal.c), and its hook, run after every wake-up
 	 * (NULL while the loop watches no signal). */
 	struct pxi_signals *sig;

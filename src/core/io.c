@@ -413,6 +413,8 @@ static void io_drop(px_loop *loop, int fd, enum drop how)
 	}
 	if (owner)
 		owner->release(loop, fd, owner);
+	if (how != DROP_FREE && loop->on_fd_release)
+		loop->on_fd_release(loop);
 }
 
 /* The argument checks of px_io_del and px_io_close. */

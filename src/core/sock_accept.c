@@ -16,9 +16,17 @@
 #define ACCEPT_RETRIES 1000
 /* Connections accepted per readiness notification (fairness). */
 #define ACCEPT_BATCH 64
-/* Back-off after a failure to accept: 100 ms doubling up to 1 s. */
-#define BACKOFF_MIN_MS 100u
-#define BACKOFF_MAX_MS 1000u
+/* Back-off after a failure to accept: 5 ms, doubling while the failure
+ * persists, up to 500 ms.  Out of descriptors, the acceptor also resumes as
+ * soon as the loop deletes a watcher (a descriptor was probably freed), so
+ * the delays matter only for descriptors freed behind the loop's back. */
+#define BACKOFF_MIN_MS 5u
+#define BACKOFF_MAX_MS 500u
+/* Out of descriptors for this long: the pending connections are closed
+ * (with the reserve descriptor) instead of being left to wait. */
+#define PERSIST_MS 250u
+/* A failure is reported at most once per episode and once per second. */
+#define REPORT_GAP_MS 1000u
 
 static bool retry_accept(int err)
 {
@@ -99,15 +107,60 @@ struct acceptor {
 	int reserve;      /* an fd kept to relieve EMFILE, -1 when none */
 	int64_t timer;    /* back-off timer that re-arms the listener, 0 when none */
 	unsigned backoff; /* ms of the last back-off; 0 outside an episode */
-	bool episode;     /* a failure has been reported and no accept worked since */
+	bool episode;     /* an accept failed and none worked since */
+	bool told;        /* the episode has been reported */
+	bool reported;    /* some failure has been reported, at reported_ms */
 	bool *dead;       /* set by release while the accept batch runs */
+	uint64_t since_ms;    /* start of the episode */
+	uint64_t reported_ms; /* last report */
+	/* On the loop's fd_waiters list while out of descriptors. */
+	struct acceptor *wnext, **wprev;
 };
+
+static void unwait(px_loop *loop, struct acceptor *a)
+{
+	if (!a->wprev)
+		return;
+	*a->wprev = a->wnext;
+	if (a->wnext)
+		a->wnext->wprev = a->wprev;
+	a->wnext = NULL;
+	a->wprev = NULL;
+	if (!loop->fd_waiters)
+		loop->on_fd_release = NULL;
+}
+
+/* io.c: a watcher was deleted.  Every acceptor waiting for a descriptor
+ * retries at the next iteration (its back-off timer becomes due now). */
+static void fds_released(px_loop *loop)
+{
+	struct acceptor *a;
+
+	while ((a = loop->fd_waiters) != NULL) {
+		if (a->timer > 0)
+			(void)pxi_timer_restart(loop, a->timer, 0);
+		unwait(loop, a);
+	}
+}
+
+static void wait_fd(px_loop *loop, struct acceptor *a)
+{
+	if (a->wprev)
+		return;
+	a->wnext = loop->fd_waiters;
+	if (a->wnext)
+		a->wnext->wprev = &a->wnext;
+	a->wprev = (struct acceptor **)&loop->fd_waiters;
+	loop->fd_waiters = a;
+	loop->on_fd_release = fds_released;
+}
 
 static void acc_release(px_loop *loop, int fd, struct pxi_owner *self)
 {
 	struct acceptor *a = (struct acceptor *)self;
 
 	(void)fd;
+	unwait(loop, a);
 	if (a->timer > 0)
 		(void)px_timer_del(loop, a->timer);
 	if (a->reserve >= 0)
@@ -122,12 +175,15 @@ static int open_reserve(void)
 	return open("/dev/null", O_RDONLY | O_CLOEXEC);
 }
 
+static void acc_io_cb(px_loop *loop, int fd, unsigned revents, void *arg);
+
 static void acc_rearm_cb(px_loop *loop, int64_t id, void *arg)
 {
 	struct acceptor *a = arg;
 
 	(void)id;
 	a->timer = 0;
+	unwait(loop, a);
 	if (a->reserve < 0)
 		a->reserve = open_reserve();
 	if (px_io_mod(loop, a->fd, PX_READ) < 0) {
@@ -136,36 +192,54 @@ static void acc_rearm_cb(px_loop *loop, int64_t id, void *arg)
 		int64_t again = px_timer_add(loop, a->backoff, 0, acc_rearm_cb, a);
 		if (again > 0)
 			a->timer = again;
+		return;
 	}
+	/* Accept now rather than after one more wait: the connections are
+	 * queued already (an empty queue is one EAGAIN). */
+	acc_io_cb(loop, a->fd, PX_READ, a);
 }
 
-/* Out of descriptors: give the oldest pending connection a clean close
- * instead of leaving it to hang, using the reserve fd's slot. */
-static void drop_one(struct acceptor *a)
+/* Out of descriptors for a while: close the pending connections, up to a
+ * batch, through the reserve descriptor's slot, so that their clients see
+ * the connection closed at once instead of waiting in the queue. */
+static void drop_pending(struct acceptor *a)
 {
-	if (a->reserve < 0)
-		return;
-	close(a->reserve);
-	a->reserve = -1;
-	int fd = px_accept(a->fd, NULL, NULL);
-	if (fd >= 0)
-		close(fd);
-	a->reserve = open_reserve();
+	for (int i = 0; i < ACCEPT_BATCH && a->reserve >= 0; i++) {
+		close(a->reserve);
+		int fd = px_accept(a->fd, NULL, NULL);
+		if (fd >= 0)
+			close(fd);
+		a->reserve = open_reserve();
+		if (fd < 0)
+			break;
+	}
 }
 
 /* A failure other than "nothing ready": stop listening for a while instead
  * of spinning on a listener that stays readable.  Returns true when the
- * caller should report it (once per episode). */
+ * caller should report it (once per episode, at most once a second). */
 static bool acc_backoff(px_loop *loop, struct acceptor *a, int err)
 {
-	bool report = !a->episode;
+	uint64_t now = px_loop_now(loop);
+	bool nofd = err == -EMFILE || err == -ENFILE;
 
 	loop->st.accept_backoffs++;
-	/* Only a failure that persists past the first back-off costs a pending
-	 * connection: a brief shortage loses nobody. */
-	if ((err == -EMFILE || err == -ENFILE) && a->episode)
-		drop_one(a);
-	a->episode = true;
+	if (!a->episode) {
+		a->episode = true;
+		a->told = false;
+		a->since_ms = now;
+	} else if (nofd && now - a->since_ms >= PERSIST_MS) {
+		drop_pending(a);
+	}
+	/* An episode that starts less than a second after the last report is
+	 * reported when it has lasted until then (short episodes at a high
+	 * rate would otherwise make a report each). */
+	bool report = !a->told && (!a->reported || now - a->reported_ms >= REPORT_GAP_MS);
+	if (report) {
+		a->told = true;
+		a->reported = true;
+		a->reported_ms = now;
+	}
 	a->backoff = a->backoff ? a->backoff * 2 : BACKOFF_MIN_MS;
 	if (a->backoff > BACKOFF_MAX_MS)
 		a->backoff = BACKOFF_MAX_MS;
@@ -177,6 +251,8 @@ static bool acc_backoff(px_loop *loop, struct acceptor *a, int err)
 	if (id > 0) {
 		a->timer = id;
 		(void)px_io_mod(loop, a->fd, 0);
+		if (nofd)
+			wait_fd(loop, a);
 	}
 	/* Without a timer the listener stays armed: retrying at the loop's
 	 * pace is better than never resuming. */
