@@ -63,7 +63,9 @@ typedef struct px_loop px_loop;
  * close-on-exec: the backend's (epoll) and one wake-up fd (px_loop_wake),
  * an eventfd where the system has it, else a pipe (two fds).  They belong
  * to the loop: closing them, or px_io_* on their numbers, is the caller's
- * bug (px_io_mod/del/close answer -ENOENT for them, px_io_add -EEXIST).
+ * bug.  (The library keeps the one it watches, the eventfd or the pipe's
+ * read end, from such calls: px_io_mod/del/close answer -ENOENT for it,
+ * px_io_add -EEXIST.  The others are not checked.)
  */
 PX_API px_loop *px_loop_new(void);
 

@@ -139,6 +139,7 @@ struct px_loop {
 	 * off the cache lines the loop's thread writes all the time. */
 	char pad_[64];
 	atomic_int wake_pending; /* 1: wakefd is or is about to be readable */
+	atomic_int sig_pending;  /* signal.c: some watched signal was recorded */
 	_Atomic(struct pxi_post *) posts; /* newest first */
 };
 

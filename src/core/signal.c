@@ -58,6 +58,7 @@ static void on_signal(int signo)
 	px_loop *loop = atomic_load(&s->owner);
 	if (loop) {
 		atomic_store(&s->pending, 1);
+		atomic_store(&loop->sig_pending, 1);
 		(void)pxi_wake(loop);
 	}
 	atomic_fetch_sub(&s->inflight, 1);
@@ -67,6 +68,11 @@ static void on_signal(int signo)
 /* The loop's wake-up hook (loop->on_wake). */
 static void run_signals(px_loop *loop)
 {
+	/* Most wake-ups are posts: scan the slots only when a handler ran.
+	 * Cleared before the scan, so a signal recorded during it (or during
+	 * a callback) sets it again for the next wake-up. */
+	if (!atomic_load(&loop->sig_pending) || !atomic_exchange(&loop->sig_pending, 0))
+		return;
 	for (int signo = 1; signo < NSIG; signo++) {
 		/* Re-read each time: a callback may add or delete watchers. */
 		struct pxi_signals *sg = loop->sig;

@@ -87,6 +87,7 @@ int pxi_wake_init(px_loop *loop)
 	if (rc < 0)
 		return rc;
 	atomic_init(&loop->wake_pending, 0);
+	atomic_init(&loop->sig_pending, 0);
 	atomic_init(&loop->posts, NULL);
 	if ((rc = pxi_io_add_internal(loop, loop->wakefd[0], on_wakefd)) < 0) {
 		pxi_wakefd_close(loop->wakefd);
