@@ -1,6 +1,7 @@
 /* echo-server: sends back everything it receives, in bounded memory.
  *
- *   echo-server [--port N] [--host ADDR|any] [--et] [--stats]
+ *   echo-server [--et] [--port N] [--host ADDR|any] [--threads N]
+ *               [--drain-ms N] [--stats]
  *
  * Echoes through px_send (the library's per-fd send queue) with
  * back-pressure.  Per client:
@@ -19,22 +20,39 @@
  *  - a read error, a failed px_send or an error status in the drain callback
  *    closes the connection (px_io_del, then close).
  * With --et the watchers are edge-triggered and read until EAGAIN (or until
- * the queue is above ECHO_HIGH).  One read buffer serves all connections:
- * px_send copies what it cannot send at once.
+ * the queue is above ECHO_HIGH).  One read buffer per loop serves all its
+ * connections: px_send copies what it cannot send at once.
  *
- * --stats prints, every second while there is traffic and on SIGINT/SIGTERM
- * (which then end the server), the peak RSS (VmHWM from /proc/self/status)
- * and the high-water marks of the queued bytes: over all connections
- * (queued_hwm) and of a single connection (conn_queued_hwm).  Keeping
- * queued_hwm exact costs a walk over the connections after each read, so it
- * is only done with --stats.
+ * --threads N runs N loops, one per thread, each accepting on its own
+ * SO_REUSEPORT listener (see multiloop.h).
+ * SIGTERM or SIGINT: graceful stop.  The listeners are closed; a connection
+ * is closed once it is idle: nothing queued for it, nothing waiting to be
+ * read (so the close sends FIN, not RST, and every byte the server read is
+ * echoed before it) and nothing read for 1 s (ML_IDLE_MS: a client
+ * between two sends is not cut off).  Busy connections go on being served
+ * until they are idle or the client closes.  Then the server exits 0 with a
+ * summary line on stdout ("echo-server: exit reason=SIGTERM drain=clean
+ * threads=N elapsed_ms=T connections=C bytes=B dropped=D").  A second
+ * signal, or the drain deadline (--drain-ms, default 5000), closes what is
+ * left (drain=second-signal or deadline, those connections counted in
+ * dropped).  SIGHUP prints the loops' counters (px_loop_stats summed over
+ * the loops, and the counters above) as one "echo-server: counters
+ * when=sighup ..." line on stdout.
  *
- * Runs on the backend named by $POLLUX_BACKEND until killed. */
+ * --stats also prints the counters line at exit (when=exit), and, every
+ * second while there is traffic, and at exit, the peak RSS (VmHWM from
+ * /proc/self/status) and the high-water marks of the queued bytes: over all
+ * connections (queued_hwm) and of a single connection (conn_queued_hwm).
+ * Keeping queued_hwm exact costs a walk over the connections after each
+ * read, so it is only done with --stats.  With --threads N > 1 those lines
+ * come from each loop (loop=I); at exit queued_hwm is the sum of the loops'
+ * marks (an upper bound) and conn_queued_hwm their maximum.
+ *
+ * Runs on the backend named by $POLLUX_BACKEND. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -42,9 +60,9 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <netinet/in.h>
 #include <unistd.h>
 
+#include "multiloop.h"
 #include "pollux.h"
 
 /* Stop reading a client above ECHO_HIGH queued bytes, resume at ECHO_LOW.
@@ -58,21 +76,33 @@
 #endif
 #define READ_SZ 65536
 
+struct estate;
+
 struct conn {
-	struct conn *prev, *next; /* all connections, for --stats and exit */
+	struct conn *prev, *next; /* the loop's connections, for --stats and exit */
+	struct estate *st;
 	int fd;
 	bool reading; /* PX_READ armed */
 	bool eof;     /* peer done sending: close once the queue is empty */
+	uint64_t last_read; /* px_loop_now of the last read that got bytes */
 };
 
-static bool et, stats;
-static struct conn *conns;
-static size_t nconns;
-static char rbuf[READ_SZ];
+/* One loop's state: only its thread touches it (the main thread reads the
+ * --stats marks after joining). */
+struct estate {
+	struct ml_worker *w;
+	struct conn *conns;
+	size_t nconns;
+	uint64_t connections, echoed, dropped;
+	/* --stats */
+	size_t queued_hwm, conn_queued_hwm;
+	unsigned long long last_echoed;
+	size_t last_conns;
+	char rbuf[READ_SZ];
+};
 
-/* --stats counters */
-static unsigned long long echoed;
-static size_t queued_hwm, conn_queued_hwm;
+/* Read-only once the loops run. */
+static bool et, stats, threaded;
 
 static px_drain_cb on_drain;
 
@@ -83,16 +113,19 @@ static unsigned mode(void)
 
 static void conn_close(px_loop *loop, struct conn *c)
 {
+	struct estate *st = c->st;
 	px_io_del(loop, c->fd); /* also discards what is still queued */
 	close(c->fd);
 	if (c->prev)
 		c->prev->next = c->next;
 	else
-		conns = c->next;
+		st->conns = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
-	nconns--;
+	st->nconns--;
 	free(c);
+	if (st->w->draining && st->nconns == 0)
+		ml_drained(st->w);
 }
 
 static int set_reading(px_loop *loop, struct conn *c, bool on)
@@ -103,80 +136,114 @@ static int set_reading(px_loop *loop, struct conn *c, bool on)
 	return rc;
 }
 
-static size_t total_queued(const px_loop *loop)
+static size_t total_queued(const px_loop *loop, const struct estate *st)
 {
 	size_t sum = 0;
-	for (const struct conn *c = conns; c; c = c->next)
+	for (const struct conn *c = st->conns; c; c = c->next)
 		sum += px_send_pending(loop, c->fd);
 	return sum;
 }
 
 /* Queues only grow in px_send, so sampling right after it sees every peak. */
-static void note_queued(const px_loop *loop, size_t pending)
+static void note_queued(const px_loop *loop, struct estate *st, size_t pending)
 {
-	if (pending > conn_queued_hwm)
-		conn_queued_hwm = pending;
-	size_t total = total_queued(loop);
-	if (total > queued_hwm)
-		queued_hwm = total;
+	if (pending > st->conn_queued_hwm)
+		st->conn_queued_hwm = pending;
+	size_t total = total_queued(loop, st);
+	if (total > st->queued_hwm)
+		st->queued_hwm = total;
 }
 
-/* End of file: stop reading, close once everything has been sent. */
-static void conn_eof(px_loop *loop, struct conn *c)
+/* End of file: stop reading, close once everything has been sent.  False
+ * when it closed c. */
+static bool conn_eof(px_loop *loop, struct conn *c)
 {
 	c->eof = true;
 	if (set_reading(loop, c, false) < 0 || px_send_pending(loop, c->fd) == 0) {
 		conn_close(loop, c);
-		return;
+		return false;
 	}
 	/* Called while the queue is above 0: on_drain runs when it is empty
 	 * (or with an error status if the rest cannot be sent). */
-	if (px_send_notify(loop, c->fd, 0, on_drain, c) < 0)
+	if (px_send_notify(loop, c->fd, 0, on_drain, c) < 0) {
 		conn_close(loop, c);
+		return false;
+	}
+	return true;
 }
 
 /* Reads and echoes: once with level-triggered watchers (the loop reports
  * the fd again while data is waiting), until EAGAIN with --et.  Either way
- * it stops early when the queue goes above ECHO_HIGH.  May close c. */
-static void conn_read(px_loop *loop, struct conn *c)
+ * it stops early when the queue goes above ECHO_HIGH.  False when it closed
+ * c. */
+static bool conn_read(px_loop *loop, struct conn *c)
 {
+	struct estate *st = c->st;
 	for (;;) {
-		ssize_t n = recv(c->fd, rbuf, sizeof(rbuf), 0);
+		ssize_t n = recv(c->fd, st->rbuf, sizeof(st->rbuf), 0);
 		if (n > 0) {
-			int rc = px_send(loop, c->fd, rbuf, (size_t)n);
+			c->last_read = px_loop_now(loop);
+			int rc = px_send(loop, c->fd, st->rbuf, (size_t)n);
 			if (rc < 0) {
 				conn_close(loop, c); /* -EPIPE, -ECONNRESET, -ENOMEM, ... */
-				return;
+				return false;
 			}
 			size_t pending = px_send_pending(loop, c->fd);
-			if (stats) {
-				echoed += (unsigned long long)n;
-				note_queued(loop, pending);
-			}
+			st->echoed += (uint64_t)n;
+			if (stats)
+				note_queued(loop, st, pending);
 			if (pending > ECHO_HIGH) {
 				/* Back-pressure: leave the rest in the kernel until
 				 * on_drain says the peer has caught up. */
-				if (set_reading(loop, c, false) < 0)
+				if (set_reading(loop, c, false) < 0) {
 					conn_close(loop, c);
-				return;
+					return false;
+				}
+				return true;
 			}
 			if (!et)
-				return;
+				return true;
 			continue;
 		}
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-			return;
+			return true;
 		if (n == 0)
-			conn_eof(loop, c);
-		else
-			conn_close(loop, c); /* read error */
-		return;
+			return conn_eof(loop, c);
+		conn_close(loop, c); /* read error */
+		return false;
 	}
 }
 
-/* The queue has fallen to ECHO_LOW (or to 0 after end of file), or a send
+/* While draining (at its start, then every ML_DRAIN_TICK_MS): close c if
+ * it is idle: nothing queued for it, nothing waiting to be read (so the
+ * close sends FIN, not RST, and everything read has been echoed), and
+ * nothing read for ML_IDLE_MS (a client between two sends is not cut off).
+ * A busy connection is served as usual until it is idle or the client
+ * closes (then it closes once its queue is empty). */
+static void drain_check(px_loop *loop, struct conn *c)
+{
+	if (c->eof || !c->reading || px_send_pending(loop, c->fd) > 0)
+		return;
+	char b;
+	ssize_t n;
+	do
+		n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
+	if (n > 0)
+		return; /* more to echo: the watcher reports it */
+	if (n == 0) {
+		conn_eof(loop, c); /* nothing queued: closes now */
+		return;
+	}
+	if ((errno == EAGAIN || errno == EWOULDBLOCK) &&
+	    px_loop_now(loop) - c->last_read < ML_IDLE_MS)
+		return; /* quiet, but not for long yet */
+	conn_close(loop, c); /* idle, or an error */
+}
+
+/* The queue has fallen to ECHO_LOW (to 0 after end of file), or a send
  * failed (status < 0, the queue is gone). */
 static void on_drain(px_loop *loop, int fd, int status, void *arg)
 {
@@ -204,18 +271,20 @@ static void on_drain(px_loop *loop, int fd, int status, void *arg)
 
 static void conn_cb(px_loop *loop, int fd, unsigned revents, void *arg)
 {
+	struct conn *c = arg;
 	(void)fd;
 	(void)revents; /* PX_HUP / PX_ERR: recv() reports them */
-	conn_read(loop, arg);
+	conn_read(loop, c);
 }
 
 static void accept_cb(px_loop *loop, int lfd, int cfd, const struct sockaddr *peer,
                       socklen_t peerlen, void *arg)
 {
+	struct ml_worker *w = arg;
+	struct estate *st = w->state;
 	(void)lfd;
 	(void)peer;
 	(void)peerlen;
-	(void)arg;
 	if (cfd < 0) {
 		fprintf(stderr, "echo-server: accept: %s (backing off)\n", strerror(-cfd));
 		return;
@@ -226,7 +295,9 @@ static void accept_cb(px_loop *loop, int lfd, int cfd, const struct sockaddr *pe
 		return;
 	}
 	c->fd = cfd;
+	c->st = st;
 	c->reading = true;
+	c->last_read = px_loop_now(loop);
 	if (px_io_add(loop, cfd, PX_READ | mode(), conn_cb, c) < 0) {
 		close(cfd);
 		free(c);
@@ -238,11 +309,12 @@ static void accept_cb(px_loop *loop, int lfd, int cfd, const struct sockaddr *pe
 		free(c);
 		return;
 	}
-	c->next = conns;
-	if (conns)
-		conns->prev = c;
-	conns = c;
-	nconns++;
+	c->next = st->conns;
+	if (st->conns)
+		st->conns->prev = c;
+	st->conns = c;
+	st->nconns++;
+	st->connections++;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -268,7 +340,7 @@ static long vm_kib(const char *key)
 	return v;
 }
 
-static void print_stats(const px_loop *loop, const char *tag)
+static long peak_rss_kib(void)
 {
 	long hwm = vm_kib("VmHWM");
 	if (hwm < 0) {
@@ -276,143 +348,148 @@ static void print_stats(const px_loop *loop, const char *tag)
 		if (getrusage(RUSAGE_SELF, &ru) == 0)
 			hwm = ru.ru_maxrss; /* KiB on Linux */
 	}
+	return hwm;
+}
+
+static void print_stats(const char *tag, int loop_idx, size_t queued, size_t queued_hwm,
+                        size_t conn_queued_hwm, size_t nconns, unsigned long long echoed)
+{
+	char where[24] = "";
+	if (threaded && loop_idx >= 0)
+		snprintf(where, sizeof(where), " loop=%d", loop_idx);
 	printf("echo-server: %s peak_rss_kib=%ld rss_kib=%ld queued=%zu queued_hwm=%zu "
-	       "conn_queued_hwm=%zu conns=%zu echoed=%llu\n",
-	       tag, hwm, vm_kib("VmRSS"), total_queued(loop), queued_hwm, conn_queued_hwm,
-	       nconns, echoed);
+	       "conn_queued_hwm=%zu conns=%zu echoed=%llu%s\n",
+	       tag, peak_rss_kib(), vm_kib("VmRSS"), queued, queued_hwm, conn_queued_hwm, nconns,
+	       echoed, where);
 	fflush(stdout);
 }
 
 static void stats_tick(px_loop *loop, int64_t id, void *arg)
 {
-	static unsigned long long last_echoed;
-	static size_t last_conns;
+	struct estate *st = arg;
 	(void)id;
-	(void)arg;
-	if (echoed != last_echoed || nconns != last_conns || total_queued(loop) > 0)
-		print_stats(loop, "stats");
-	last_echoed = echoed;
-	last_conns = nconns;
+	size_t queued = total_queued(loop, st);
+	if (st->echoed != st->last_echoed || st->nconns != st->last_conns || queued > 0)
+		print_stats("stats", st->w->idx, queued, st->queued_hwm, st->conn_queued_hwm,
+		            st->nconns, (unsigned long long)st->echoed);
+	st->last_echoed = st->echoed;
+	st->last_conns = st->nconns;
 }
 
-static int sig_pipe[2] = { -1, -1 };
+/* ------------------------------------------------------------------------ */
+/* The hooks of multiloop.h, each in the loop's own thread                   */
 
-static void on_signal(int signo)
+static int echo_start(struct ml_worker *w)
 {
-	int e = errno;
-	unsigned char b = (unsigned char)signo;
-	(void)!write(sig_pipe[1], &b, 1);
-	errno = e;
-}
-
-static void sig_cb(px_loop *loop, int fd, unsigned revents, void *arg)
-{
-	unsigned char b = 0;
-	(void)revents;
-	(void)arg;
-	while (read(fd, &b, 1) > 0)
-		;
-	print_stats(loop, "final");
-	px_loop_stop(loop);
-}
-
-static int stats_start(px_loop *loop)
-{
-	/* pipe + fcntl rather than pipe2: macOS has no pipe2. */
-	if (pipe(sig_pipe) < 0)
-		return -errno;
-	for (int i = 0; i < 2; i++)
-		if (fcntl(sig_pipe[i], F_SETFD, FD_CLOEXEC) < 0 ||
-		    fcntl(sig_pipe[i], F_SETFL, fcntl(sig_pipe[i], F_GETFL) | O_NONBLOCK) < 0)
-			return -errno;
-	int rc = px_io_add(loop, sig_pipe[0], PX_READ, sig_cb, NULL);
-	if (rc < 0)
-		return rc;
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_signal;
-	sigemptyset(&sa.sa_mask);
-	if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0)
-		return -errno;
-	int64_t id = px_timer_add(loop, 1000, 1000, stats_tick, NULL);
+	struct estate *st = w->state;
+	st->w = w;
+	if (!stats)
+		return 0;
+	int64_t id = px_timer_add(w->loop, 1000, 1000, stats_tick, st);
 	return id < 0 ? (int)id : 0;
 }
+
+static void echo_drain(struct ml_worker *w)
+{
+	struct estate *st = w->state;
+	for (struct conn *c = st->conns, *next; c; c = next) {
+		next = c->next;
+		drain_check(w->loop, c);
+	}
+	if (st->nconns == 0)
+		ml_drained(w);
+}
+
+static void echo_force(struct ml_worker *w)
+{
+	struct estate *st = w->state;
+	while (st->conns) {
+		st->dropped++;
+		conn_close(w->loop, st->conns); /* the last one calls ml_drained */
+	}
+	ml_drained(w);
+}
+
+static void echo_snapshot(struct ml_worker *w, uint64_t *c)
+{
+	struct estate *st = w->state;
+	c[0] = st->connections;
+	c[1] = st->echoed;
+	c[2] = st->dropped;
+}
+
+static void echo_cleanup(struct ml_worker *w)
+{
+	struct estate *st = w->state;
+	while (st->conns) {
+		struct conn *c = st->conns;
+		st->conns = c->next;
+		px_io_del(w->loop, c->fd);
+		close(c->fd);
+		free(c);
+	}
+	st->nconns = 0;
+}
+
+static const struct ml_counter echo_counters[] = {
+	{ "connections", false },
+	{ "bytes", false },
+	{ "dropped", false },
+};
 
 /* ------------------------------------------------------------------------ */
 
 static int usage(void)
 {
-	fprintf(stderr, "usage: echo-server [--port N] [--host ADDR|any] [--et] [--stats]\n");
+	fprintf(stderr, "usage: echo-server [--et] " ML_USAGE "\n");
 	return 64;
 }
 
 int main(int argc, char **argv)
 {
-	long port = 7007;
-	const char *host = "127.0.0.1";
+	struct ml_options o = { .host = "127.0.0.1", .port = 7007, .threads = 1, .drain_ms = 5000 };
 
 	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--et")) {
-			et = true;
-		} else if (!strcmp(argv[i], "--stats")) {
-			stats = true;
-		} else if (!strcmp(argv[i], "--port") && i + 1 < argc) {
-			char *end;
-			port = strtol(argv[++i], &end, 10);
-			if (*end || end == argv[i] || port < 0 || port > 65535)
-				return usage();
-		} else if (!strcmp(argv[i], "--host") && i + 1 < argc) {
-			host = argv[++i];
-			if (!strcmp(host, "any"))
-				host = NULL;
-		} else {
+		int r = ml_option(&o, argc, argv, &i);
+		if (r < 0)
 			return usage();
-		}
+		if (r > 0)
+			continue;
+		if (!strcmp(argv[i], "--et"))
+			et = true;
+		else
+			return usage();
 	}
+	stats = o.stats;
+	threaded = o.threads > 1;
 	signal(SIGPIPE, SIG_IGN);
 
-	px_loop *loop = px_loop_new();
-	if (!loop) {
-		fprintf(stderr, "echo-server: px_loop_new: %s\n", strerror(errno));
-		return 1;
+	/* Static: a loop's state holds its 64 KiB read buffer. */
+	static struct estate states[ML_MAX_THREADS];
+	const struct ml_app app = {
+		.name = "echo-server",
+		.mode = et ? "edge" : "level",
+		.counters = echo_counters,
+		.ncounters = (int)(sizeof(echo_counters) / sizeof(echo_counters[0])),
+		.on_accept = accept_cb,
+		.start = echo_start,
+		.drain = echo_drain,
+		.force = echo_force,
+		.snapshot = echo_snapshot,
+		.cleanup = echo_cleanup,
+	};
+	int status = ml_run(&app, &o, states, sizeof(states[0]), NULL);
+	if (status == 0 && stats) {
+		/* The threads are joined: their marks can be read. */
+		size_t qh = 0, cqh = 0;
+		unsigned long long echoed = 0;
+		for (long i = 0; i < o.threads; i++) {
+			qh += states[i].queued_hwm;
+			if (states[i].conn_queued_hwm > cqh)
+				cqh = states[i].conn_queued_hwm;
+			echoed += states[i].echoed;
+		}
+		print_stats("final", -1, 0, qh, cqh, 0, echoed);
 	}
-	int lfd = px_listen_tcp(host, (uint16_t)port, 0);
-	if (lfd < 0) {
-		fprintf(stderr, "echo-server: listen: %s\n", strerror(-lfd));
-		px_loop_free(loop);
-		return 1;
-	}
-	struct sockaddr_storage ss;
-	socklen_t sl = sizeof(ss);
-	if (getsockname(lfd, (struct sockaddr *)&ss, &sl) == 0)
-		port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-		                                      : ((struct sockaddr_in *)&ss)->sin_port);
-	int rc = px_acceptor_add(loop, lfd, accept_cb, NULL);
-	if (rc == 0 && stats)
-		rc = stats_start(loop);
-	if (rc < 0) {
-		fprintf(stderr, "echo-server: setup: %s\n", strerror(-rc));
-		close(lfd);
-		px_loop_free(loop);
-		return 1;
-	}
-	printf("echo-server: backend=%s port=%ld mode=%s\n", px_loop_backend(loop), port,
-	       et ? "edge" : "level");
-	fflush(stdout);
-	rc = px_loop_run(loop, PX_RUN_DEFAULT);
-	if (rc < 0)
-		fprintf(stderr, "echo-server: px_loop_run: %s\n", strerror(-rc));
-	while (conns) {
-		struct conn *c = conns;
-		conns = c->next;
-		close(c->fd);
-		free(c);
-	}
-	close(lfd);
-	px_loop_free(loop);
-	if (sig_pipe[0] >= 0) {
-		close(sig_pipe[0]);
-		close(sig_pipe[1]);
-	}
-	return rc < 0 ? 1 : 0;
+	return status;
 }

@@ -1,15 +1,32 @@
 /* http-hello: the classic epoll tutorial server, written on pollux.
  *
- *   http-hello [--et] [--port N] [--host ADDR] [--max-requests N]
+ *   http-hello [--et] [--max-requests N] [--port N] [--host ADDR|any]
+ *              [--threads N] [--drain-ms N] [--stats]
  *
- * Listens on ADDR (default 127.0.0.1; "any" for every address) and answers
- * every request with "Hello, world!".  Each client gets a read watcher
- * (PX_READ, or PX_READ | PX_ET with --et, which then reads until EAGAIN);
- * once the buffered request holds a blank line the response is written,
- * what the kernel does not take at once is kept and written when the socket
- * is writable (PX_WRITE), and the connection is closed.  Runs on the backend
- * named by $POLLUX_BACKEND.  With --max-requests N it exits 0 after serving
- * N requests. */
+ * Listens on ADDR (default 127.0.0.1; "any" for every address; port 8080)
+ * and answers every request with "Hello, world!".  Each client gets a read
+ * watcher (PX_READ, or PX_READ | PX_ET with --et, which then reads until
+ * EAGAIN); once the buffered request holds a blank line the response is
+ * written, what the kernel does not take at once is kept and written when
+ * the socket is writable (PX_WRITE), and the connection is closed
+ * (HTTP/1.0, "Connection: close").  Runs on the backend named by
+ * $POLLUX_BACKEND.
+ *
+ * --threads N runs N loops, one per thread, each accepting on its own
+ * SO_REUSEPORT listener (see multiloop.h).
+ * SIGTERM or SIGINT: graceful stop.  The listeners are closed, connections
+ * that have not sent a byte for 1 s since they were accepted (ML_IDLE_MS)
+ * are closed, requests already begun are answered;
+ * then the server exits 0 with a summary line on stdout
+ * ("http-hello: exit reason=SIGTERM drain=clean threads=N elapsed_ms=T
+ * connections=C requests=R dropped=D").  A second signal, or the drain
+ * deadline (--drain-ms, default 5000), closes what is left (drain=
+ * second-signal or deadline, those connections counted in dropped).
+ * SIGHUP prints the loops' counters (px_loop_stats summed over the loops,
+ * and the counters above) as one "http-hello: counters when=sighup ..."
+ * line on stdout; --stats prints the same line at exit (when=exit).
+ * --max-requests N: after N responses the server stops as on SIGTERM.
+ * Every served request is logged on stdout ("served N: <request line>"). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -20,9 +37,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <netinet/in.h>
+#include <stdatomic.h>
 #include <unistd.h>
 
+#include "multiloop.h"
 #include "pollux.h"
 
 #ifndef MSG_NOSIGNAL /* older macOS: SIGPIPE is ignored in main() instead */
@@ -39,42 +57,55 @@ static const char response[] =
 
 #define REQ_MAX 8192
 
+struct hstate;
+
 struct conn {
 	int fd;
 	bool responding;
 	size_t inlen;
 	const char *out; /* the rest of the response still to write */
 	size_t outlen;
+	uint64_t since;  /* px_loop_now when accepted */
+	struct hstate *st;
 	struct conn *prev, *next;
 	char in[REQ_MAX + 1];
 };
 
-struct server {
-	bool et;
-	long max_requests; /* 0: no limit */
-	long served;
-	long finished; /* responses written (or abandoned) and closed */
+/* One loop's state: only its thread touches it. */
+struct hstate {
+	struct ml_worker *w;
 	struct conn *conns;
+	size_t nconns;
+	uint64_t connections, requests, dropped;
 };
 
-static struct server srv;
+/* Read-only once the loops run. */
+static bool et;
+static long max_requests; /* 0: no limit */
+/* Shared by the loops. */
+static atomic_long served;   /* requests read (numbers the log lines) */
+static atomic_long finished; /* responses written (or abandoned) and closed */
 
 static void conn_close(px_loop *loop, struct conn *c)
 {
+	struct hstate *st = c->st;
 	px_io_del(loop, c->fd);
 	close(c->fd);
 	if (c->prev)
 		c->prev->next = c->next;
 	else
-		srv.conns = c->next;
+		st->conns = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
+	st->nconns--;
 	if (c->responding) {
-		srv.finished++;
-		if (srv.max_requests > 0 && srv.finished >= srv.max_requests)
-			px_loop_stop(loop);
+		long n = atomic_fetch_add(&finished, 1) + 1;
+		if (max_requests > 0 && n == max_requests)
+			ml_stop_all(st->w, "max-requests");
 	}
 	free(c);
+	if (st->w->draining && st->nconns == 0)
+		ml_drained(st->w);
 }
 
 /* Writes what it can; true when the response is out. */
@@ -96,10 +127,10 @@ static bool flush_out(struct conn *c, bool *failed)
 }
 
 /* The request line, for the log. */
-static void log_request(const struct conn *c)
+static void log_request(const struct conn *c, long number)
 {
 	size_t n = strcspn(c->in, "\r\n");
-	printf("served %ld: %.*s\n", srv.served, (int)(n > 200 ? 200 : n), c->in);
+	printf("served %ld: %.*s\n", number, (int)(n > 200 ? 200 : n), c->in);
 	fflush(stdout);
 }
 
@@ -138,7 +169,7 @@ static void conn_cb(px_loop *loop, int fd, unsigned revents, void *arg)
 			c->in[c->inlen] = '\0';
 			if (strstr(c->in, "\r\n\r\n") || strstr(c->in, "\n\n"))
 				break;
-			if (!srv.et)
+			if (!et)
 				return; /* level-triggered: the rest comes with the next event */
 			continue;   /* edge-triggered: read until EAGAIN */
 		}
@@ -150,9 +181,9 @@ static void conn_cb(px_loop *loop, int fd, unsigned revents, void *arg)
 		return;
 	}
 
-	srv.served++;
+	c->st->requests++;
 	c->responding = true;
-	log_request(c);
+	log_request(c, atomic_fetch_add(&served, 1) + 1);
 	c->out = response;
 	c->outlen = sizeof(response) - 1;
 	bool failed = false;
@@ -161,17 +192,18 @@ static void conn_cb(px_loop *loop, int fd, unsigned revents, void *arg)
 		return;
 	}
 	/* The kernel took only part of it: write the rest when writable. */
-	if (px_io_mod(loop, c->fd, PX_WRITE | (srv.et ? PX_ET : 0)) < 0)
+	if (px_io_mod(loop, c->fd, PX_WRITE | (et ? PX_ET : 0)) < 0)
 		conn_close(loop, c);
 }
 
 static void accept_cb(px_loop *loop, int lfd, int cfd, const struct sockaddr *peer,
                       socklen_t peerlen, void *arg)
 {
+	struct ml_worker *w = arg;
+	struct hstate *st = w->state;
 	(void)lfd;
 	(void)peer;
 	(void)peerlen;
-	(void)arg;
 	if (cfd < 0) {
 		fprintf(stderr, "http-hello: accept: %s (backing off)\n", strerror(-cfd));
 		return;
@@ -182,53 +214,110 @@ static void accept_cb(px_loop *loop, int lfd, int cfd, const struct sockaddr *pe
 		return;
 	}
 	c->fd = cfd;
-	int rc = px_io_add(loop, cfd, PX_READ | (srv.et ? PX_ET : 0), conn_cb, c);
+	c->st = st;
+	c->since = px_loop_now(loop);
+	int rc = px_io_add(loop, cfd, PX_READ | (et ? PX_ET : 0), conn_cb, c);
 	if (rc < 0) {
 		fprintf(stderr, "http-hello: px_io_add: %s\n", strerror(-rc));
 		close(cfd);
 		free(c);
 		return;
 	}
-	c->next = srv.conns;
-	if (srv.conns)
-		srv.conns->prev = c;
-	srv.conns = c;
+	c->next = st->conns;
+	if (st->conns)
+		st->conns->prev = c;
+	st->conns = c;
+	st->nconns++;
+	st->connections++;
 }
+
+/* ------------------------------------------------------------------------ */
+/* The hooks of multiloop.h, each in the loop's own thread                   */
+
+static int hello_start(struct ml_worker *w)
+{
+	struct hstate *st = w->state;
+	st->w = w;
+	return 0;
+}
+
+/* Stop: a connection that has sent nothing for ML_IDLE_MS since it was
+ * accepted is idle and closed; one that has begun a request (or sends it
+ * within ML_IDLE_MS) gets its answer.  Runs every ML_DRAIN_TICK_MS. */
+static void hello_drain(struct ml_worker *w)
+{
+	struct hstate *st = w->state;
+	uint64_t now = px_loop_now(w->loop);
+	for (struct conn *c = st->conns, *next; c; c = next) {
+		next = c->next;
+		if (!c->responding && c->inlen == 0 && now - c->since >= ML_IDLE_MS)
+			conn_close(w->loop, c);
+	}
+	if (st->nconns == 0)
+		ml_drained(w);
+}
+
+static void hello_force(struct ml_worker *w)
+{
+	struct hstate *st = w->state;
+	while (st->conns) {
+		st->dropped++;
+		conn_close(w->loop, st->conns); /* the last one calls ml_drained */
+	}
+	ml_drained(w);
+}
+
+static void hello_snapshot(struct ml_worker *w, uint64_t *c)
+{
+	struct hstate *st = w->state;
+	c[0] = st->connections;
+	c[1] = st->requests;
+	c[2] = st->dropped;
+}
+
+static void hello_cleanup(struct ml_worker *w)
+{
+	struct hstate *st = w->state;
+	while (st->conns) {
+		struct conn *c = st->conns;
+		st->conns = c->next;
+		px_io_del(w->loop, c->fd);
+		close(c->fd);
+		free(c);
+	}
+	st->nconns = 0;
+}
+
+static const struct ml_counter hello_counters[] = {
+	{ "connections", false },
+	{ "requests", false },
+	{ "dropped", false },
+};
 
 static int usage(void)
 {
-	fprintf(stderr, "usage: http-hello [--et] [--port N] [--host ADDR|any] [--max-requests N]\n");
+	fprintf(stderr, "usage: http-hello [--et] [--max-requests N] " ML_USAGE "\n");
 	return 64;
-}
-
-static bool parse_long(const char *s, long lo, long hi, long *out)
-{
-	char *end;
-	errno = 0;
-	long v = strtol(s, &end, 10);
-	if (errno || end == s || *end || v < lo || v > hi)
-		return false;
-	*out = v;
-	return true;
 }
 
 int main(int argc, char **argv)
 {
-	long port = 8080;
-	const char *host = "127.0.0.1";
+	struct ml_options o = { .host = "127.0.0.1", .port = 8080, .threads = 1, .drain_ms = 5000 };
 
 	for (int i = 1; i < argc; i++) {
+		int r = ml_option(&o, argc, argv, &i);
+		if (r < 0)
+			return usage();
+		if (r > 0)
+			continue;
 		if (!strcmp(argv[i], "--et")) {
-			srv.et = true;
-		} else if (!strcmp(argv[i], "--port") && i + 1 < argc) {
-			if (!parse_long(argv[++i], 0, 65535, &port))
-				return usage();
-		} else if (!strcmp(argv[i], "--host") && i + 1 < argc) {
-			host = argv[++i];
-			if (!strcmp(host, "any"))
-				host = NULL;
+			et = true;
 		} else if (!strcmp(argv[i], "--max-requests") && i + 1 < argc) {
-			if (!parse_long(argv[++i], 1, 1000000000L, &srv.max_requests))
+			char *end;
+			errno = 0;
+			max_requests = strtol(argv[++i], &end, 10);
+			if (errno || end == argv[i] || *end || max_requests < 1 ||
+			    max_requests > 1000000000L)
 				return usage();
 		} else {
 			return usage();
@@ -236,47 +325,18 @@ int main(int argc, char **argv)
 	}
 	signal(SIGPIPE, SIG_IGN);
 
-	px_loop *loop = px_loop_new();
-	if (!loop) {
-		fprintf(stderr, "http-hello: px_loop_new: %s\n", strerror(errno));
-		return 1;
-	}
-	int lfd = px_listen_tcp(host, (uint16_t)port, 0);
-	if (lfd < 0) {
-		fprintf(stderr, "http-hello: listen on %s port %ld: %s\n", host ? host : "any", port,
-		        strerror(-lfd));
-		px_loop_free(loop);
-		return 1;
-	}
-	struct sockaddr_storage ss;
-	socklen_t sl = sizeof(ss);
-	if (getsockname(lfd, (struct sockaddr *)&ss, &sl) == 0)
-		port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-		                                      : ((struct sockaddr_in *)&ss)->sin_port);
-	int rc = px_acceptor_add(loop, lfd, accept_cb, NULL);
-	if (rc < 0) {
-		fprintf(stderr, "http-hello: px_acceptor_add: %s\n", strerror(-rc));
-		close(lfd);
-		px_loop_free(loop);
-		return 1;
-	}
-	printf("http-hello: backend=%s port=%ld mode=%s\n", px_loop_backend(loop), port,
-	       srv.et ? "edge" : "level");
-	fflush(stdout);
-
-	rc = px_loop_run(loop, PX_RUN_DEFAULT);
-	if (rc < 0)
-		fprintf(stderr, "http-hello: px_loop_run: %s\n", strerror(-rc));
-
-	px_acceptor_del(loop, lfd);
-	close(lfd);
-	while (srv.conns) {
-		struct conn *c = srv.conns;
-		srv.conns = c->next;
-		px_io_del(loop, c->fd);
-		close(c->fd);
-		free(c);
-	}
-	px_loop_free(loop);
-	return rc < 0 ? 1 : 0;
+	static struct hstate states[ML_MAX_THREADS];
+	const struct ml_app app = {
+		.name = "http-hello",
+		.mode = et ? "edge" : "level",
+		.counters = hello_counters,
+		.ncounters = (int)(sizeof(hello_counters) / sizeof(hello_counters[0])),
+		.on_accept = accept_cb,
+		.start = hello_start,
+		.drain = hello_drain,
+		.force = hello_force,
+		.snapshot = hello_snapshot,
+		.cleanup = hello_cleanup,
+	};
+	return ml_run(&app, &o, states, sizeof(states[0]), NULL);
 }

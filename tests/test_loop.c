@@ -1249,6 +1249,57 @@ static void test_posts_keep_run_default(void **state)
 	px_loop_free(loop);
 }
 
+/* Counters read inside a signal or post callback: the loop's own wake-up
+ * is neither an event nor an io callback, at any point of the iteration
+ * (io_callbacks once wrapped below 0 when read from a signal callback). */
+struct stats_seen {
+	struct px_loop_stats st;
+	int n;
+};
+
+static void stats_sig_cb(px_loop *loop, int signo, void *arg)
+{
+	struct stats_seen *s = arg;
+	(void)signo;
+	assert_int_equal(px_loop_stats(loop, &s->st, sizeof(s->st)), 0);
+	s->n++;
+}
+
+static void stats_post_cb(px_loop *loop, void *arg)
+{
+	struct stats_seen *s = arg;
+	assert_int_equal(px_loop_stats(loop, &s->st, sizeof(s->st)), 0);
+	s->n++;
+}
+
+static void test_stats_inside_signal_and_post(void **state)
+{
+	(void)state;
+	px_loop *loop = tu_loop();
+	struct stats_seen sig = {0}, post = {0};
+	int sv[2];
+	tu_socketpair(sv);
+	assert_int_equal(px_io_add(loop, sv[0], PX_READ, tu_never_cb, NULL), 0);
+	assert_int_equal(px_signal_add(loop, SIGUSR2, stats_sig_cb, &sig), 0);
+	assert_int_equal(raise(SIGUSR2), 0);
+	for (int i = 0; i < 10 && sig.n == 0; i++)
+		assert_int_equal(px_loop_run(loop, PX_RUN_ONCE), 0);
+	assert_int_equal(sig.n, 1);
+	assert_int_equal(sig.st.io_callbacks, 0);
+	assert_int_equal(sig.st.events, 0);
+	assert_int_equal(sig.st.signals, 1);
+	assert_int_equal(px_loop_post(loop, stats_post_cb, &post), 0);
+	assert_int_equal(px_loop_run(loop, PX_RUN_ONCE), 0);
+	assert_int_equal(post.n, 1);
+	assert_int_equal(post.st.io_callbacks, 0);
+	assert_int_equal(post.st.events, 0);
+	assert_int_equal(post.st.posts, 1);
+	assert_int_equal(px_signal_del(loop, SIGUSR2), 0);
+	assert_int_equal(px_io_del(loop, sv[0]), 0);
+	px_loop_free(loop);
+	tu_close_pair(sv);
+}
+
 static void never_timer(px_loop *loop, int64_t id, void *arg)
 {
 	(void)loop;
@@ -1332,6 +1383,7 @@ int main(void)
 		TU_TEST(test_post_adds_watcher),
 		TU_TEST(test_posts_keep_run_default),
 		TU_TEST(test_wakefd_not_users),
+		TU_TEST(test_stats_inside_signal_and_post),
 	};
 	return TU_RUN("test_loop", tests);
 }

@@ -451,7 +451,10 @@ static void test_timer_missed_periods_collapse(void **state)
 	 * the next comes at d1+4P at the earliest, i.e. about half a period
 	 * after the catch-up firing (a period if the library counts from the
 	 * firing itself), never right after it */
-	if (r->t[2] < r->t[1] + P * MS / 4)
+	/* (Only when the catch-up came well before d1+4P: on a loaded
+	 * machine it may itself run late, close to the next due time, and
+	 * that firing then rightly follows it closely.) */
+	if (r->t[1] + P * MS / 2 <= d1 + 4 * P * MS && r->t[2] < r->t[1] + P * MS / 4)
 		fail_msg("more than one catch-up firing for the missed periods: %s", trace);
 	if (r->t[2] < d1 + 4 * P * MS)
 		fail_msg("missed periods replayed: %s", trace);

@@ -58,8 +58,8 @@ void pxi_loop_check(px_loop *loop, bool between)
 		PXI_ASSERT(!(w->kev & PXK_LOST));
 		PXI_ASSERT(!(w->events & ~PX_MASK) && !(w->lib & ~PX_WRITE));
 		/* The fast path only for registrations the kernel holds. */
-		PXI_ASSERT(!w->fast ||
-		           (w->cb && w->kev && !w->tag && !w->lib && !(w->kev & PX_ONESHOT)));
+		PXI_ASSERT(!w->fast || (w->cb && w->kev && !w->tag && !w->lib &&
+		                        !(w->kev & PX_ONESHOT) && !(w->flags & W_INTERNAL)));
 		if (between)
 			PXI_ASSERT(!(w->flags & (W_FRESH | W_GONE)));
 		if (!(loop->be->kmodes & PX_ONESHOT))

@@ -38,7 +38,8 @@ struct pxi_sendq; /* defined by src/core/send.c */
 #define W_EOFSEEN 0x200u /* ET emulation: a check found the read side at end of file */
 #define W_EOFTOLD 0x400u /* ... and a callback has run since, so the reader saw it */
 #define W_GONE    0x800u /* deleted after this iteration's wait: its events are stale */
-#define W_INTERNAL 0x1000u /* the loop's own wake-up fd: invisible to px_io_* */
+#define W_INTERNAL 0x1000u /* the loop's own wake-up fd: invisible to px_io_*,
+                            * never on the fast path (not counted) */
 /* Everything the ET emulation knows; forgotten when the mask changes. */
 #define W_ETSTATE (W_QUIET_R | W_QUIET_W | W_PROBE_R | W_PROBE_W | W_EOFSEEN | W_EOFTOLD)
 

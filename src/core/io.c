@@ -32,7 +32,7 @@ static bool emulates_et(const px_loop *loop, const struct pxi_watch *w)
  * callback: its armed directions are cached in w->fast for the hot path. */
 static void fast_update(const px_loop *loop, struct pxi_watch *w)
 {
-	bool plain = w->cb && w->kev && !w->tag && !(w->flags & W_FRESH) && !w->lib &&
+	bool plain = w->cb && w->kev && !w->tag && !(w->flags & (W_FRESH | W_INTERNAL)) && !w->lib &&
 	             !(w->events & PX_ONESHOT) && !(w->kev & PX_ONESHOT) && !emulates_et(loop, w);
 	/* Kept in the kernel's bits, so that one test tells whether a result
 	 * is entirely plain readiness the watcher asked for. */
@@ -680,9 +680,11 @@ static void dispatch_slow(px_loop *loop, const pxi_event *ev)
 		return;
 	}
 	disarm_after(loop, fd, nval, out);
-	/* The general path counts its own callbacks; pxi_io_dispatch counts
-	 * the fast path's in bulk. */
-	loop->st.io_callbacks++;
+	/* The general path counts its own callbacks (the loop's wake-up fd
+	 * takes it, and is not counted); pxi_io_dispatch counts the fast
+	 * path's in bulk. */
+	if (!(w->flags & W_INTERNAL))
+		loop->st.io_callbacks++;
 	if (nval)
 		loop->st.closed_fds++;
 	w->cb(loop, fd, out, w->arg);

@@ -65,10 +65,9 @@ static void on_wakefd(px_loop *loop, int fd, unsigned revents, void *arg)
 {
 	(void)revents;
 	(void)arg;
-	/* The loop's own event: not the user's events or io callbacks
-	 * (dispatch counted both). */
+	/* The loop's own event is not one of the user's (the wait counted
+	 * it; dispatch does not count this callback). */
 	loop->st.events--;
-	loop->st.io_callbacks--;
 	pxi_wakefd_drain(fd);
 	atomic_store(&loop->wake_pending, 0);
 	if (loop->on_wake)
