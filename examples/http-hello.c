@@ -296,7 +296,8 @@ static const struct ml_counter hello_counters[] = {
 
 static int usage(void)
 {
-	fprintf(stderr, "usage: http-hello [--et] [--max-requests N] " ML_USAGE "\n");
+	fprintf(stderr, "usage: http-hello [--et] [--max-requests N] [--port N] [--host ADDR|any]\n"
+	                "                  [--threads N] [--drain-ms N] [--stats]\n");
 	return 64;
 }
 
