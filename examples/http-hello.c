@@ -49,21 +49,25 @@
  * At the descriptor limit
  *  --max-conns (default: RLIMIT_NOFILE's soft limit minus 12 + 4 per thread,
  *  the descriptors of the loops, listeners and stdio) bounds the open
- *  connections of the process.  A connection accepted beyond it closes the
- *  oldest connection of its loop that has no complete request: one
- *  lingering after its last response first, else the one that has waited
- *  longest in the idle or the header queue (a keep-alive connection
- *  between requests, or one whose request head or body is incomplete).  So
- *  a slowloris attack at the limit sheds its own oldest connections and
- *  normal clients get in.  If nothing can be shed (every connection is
- *  being answered), the new one is closed (rejected).  Should accept still
- *  run out of descriptors (EMFILE: descriptors used elsewhere, or a
- *  --max-conns above the limit), the acceptor reports it (at most once a
- *  second); the server then lowers its connection limit for good to what
- *  was open less a batch (an eighth of what can be shed, 1 to 64) and
- *  sheds that batch the same way.  Closing them (px_io_close) is what makes
- *  the library's acceptor retry at once, and from then on every new
- *  connection sheds one as above.
+ *  connections of the process.  A connection accepted beyond it closes
+ *  ("sheds") one of its loop that has no request being answered: one
+ *  lingering after its last response, else the one that has waited longest
+ *  in the idle or the header queue (a keep-alive connection between
+ *  requests, or one whose request head or body is incomplete), provided it
+ *  has waited at least a tenth of --header-timeout-ms (at most 1 s): a
+ *  younger one is more likely a client whose request is on its way than a
+ *  slow one.  When there is none, the loop stops accepting (the acceptor is
+ *  deleted: new clients wait in the kernel's listen queue, none is reset)
+ *  until a connection closes or one becomes old enough to shed; the sweep
+ *  timer checks.  So a slowloris attack at the limit sheds its own oldest
+ *  connections and a normal client is answered within about a second,
+ *  while a burst of fast clients (ab -c 200 at ulimit -n 64) queues
+ *  instead of being reset.  Should accept still run out of descriptors
+ *  (EMFILE: descriptors used elsewhere, or a --max-conns above the limit),
+ *  the acceptor reports it (at most once a second); the server then lowers
+ *  its limit for good to what was open less one per loop and makes room
+ *  the same way.  Closing connections (px_io_close) is what makes the
+ *  library's acceptor retry at once.
  *
  * Logging
  *  --log stdout (default), stderr or none (--quiet): one access-log line per
@@ -87,7 +91,7 @@
  * close", requests in progress are answered.  Summary line: "http-hello:
  * exit reason=... drain=clean|deadline|second-signal threads=N elapsed_ms=T
  * connections=C requests=R dropped=D bad_requests=B header_timeouts=H
- * idle_timeouts=I shed=S rejected=X peak_conns=P".  --max-requests N:
+ * idle_timeouts=I shed=S accept_pauses=A peak_conns=P".  --max-requests N:
  * after N responses the server stops as on SIGTERM. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -199,8 +203,9 @@ struct hstate {
 	int64_t sweep;     /* the sweep timer while there are connections, else 0 */
 	int64_t log_timer; /* the log flush timer while the buffer has lines, else 0 */
 	bool cleaning;     /* hello_cleanup: the loop has returned */
+	bool paused;       /* the acceptor is deleted: at the limit, nothing to shed */
 	uint64_t connections, requests, dropped, bad_requests, header_timeouts, idle_timeouts,
-		shed, rejected, peak;
+		shed, pauses, peak;
 	time_t date_sec;
 	char date[40];     /* "Sun, 06 Nov 1994 08:49:37 GMT" for date_sec */
 	char stamp[24];    /* "1994-11-06T08:49:37Z" */
@@ -218,6 +223,8 @@ static long header_ms = 10000, idle_ms = 30000;
 static long max_conns;                     /* set in main */
 static uint64_t tq_ms[TQ_N];
 static uint64_t sweep_ms;
+static uint64_t shed_age_ms;               /* see victim() */
+static long nloops;
 static int log_fd = STDOUT_FILENO;         /* -1: --log none */
 /* Shared by the loops. */
 static atomic_long responses; /* numbers the log lines; --max-requests */
@@ -383,6 +390,8 @@ static void log_response(struct conn *c, const char *line, size_t len, int statu
 /* Connections                                                                */
 
 static void sweep_cb(px_loop *loop, int64_t id, void *arg);
+static px_accept_cb accept_cb;
+static void acceptor_resume(struct hstate *st);
 
 static void conn_close(struct conn *c)
 {
@@ -393,8 +402,10 @@ static void conn_close(struct conn *c)
 	free(c->in);
 	free(c);
 	st->nconns--;
-	atomic_fetch_sub(&live, 1);
-	if (st->nconns == 0 && st->sweep > 0) {
+	long now_live = atomic_fetch_sub(&live, 1) - 1;
+	if (st->paused && (now_live < atomic_load(&conn_limit) || st->nconns == 0))
+		acceptor_resume(st); /* room again (or none of ours left to wait for) */
+	if (st->nconns == 0 && st->sweep > 0 && !st->paused) {
 		px_timer_del(st->loop, st->sweep);
 		st->sweep = 0;
 	}
@@ -402,28 +413,80 @@ static void conn_close(struct conn *c)
 		ml_drained(st->w);
 }
 
-/* Closes up to n connections that have no request being answered: those
- * lingering after their last response first, then the oldest of the idle
- * keep-alive ones and of those whose request is incomplete.  Returns how
- * many it closed. */
-static size_t shed(struct hstate *st, size_t n)
+/* The connection to close to make room, or NULL: one lingering after its
+ * last response, else the one that has waited longest in the idle or the
+ * header queue (no request being answered), if it has waited at least
+ * shed_age_ms: a younger one is more likely a client whose request is on
+ * its way than a slow one. */
+static struct conn *victim(struct hstate *st)
 {
-	size_t done = 0;
-	while (done < n) {
-		struct conn *c = st->q[TQ_LINGER].head;
-		if (!c) {
-			struct conn *a = st->q[TQ_IDLE].head, *b = st->q[TQ_HEADER].head;
-			c = !a ? b : !b ? a : a->since <= b->since ? a : b;
-		}
-		if (!c)
-			break;
-		conn_close(c);
-		done++;
+	struct conn *c = st->q[TQ_LINGER].head;
+	if (c)
+		return c;
+	struct conn *a = st->q[TQ_IDLE].head, *b = st->q[TQ_HEADER].head;
+	c = !a ? b : !b ? a : a->since <= b->since ? a : b;
+	return c && px_loop_now(st->loop) - c->since >= shed_age_ms ? c : NULL;
+}
+
+/* Stop accepting: the connections wait in the listener's queue (the
+ * kernel's backlog) instead of being reset. */
+static void acceptor_pause(struct hstate *st)
+{
+	if (st->paused || st->w->lfd < 0 || st->w->draining)
+		return;
+	if (px_acceptor_del(st->loop, st->w->lfd) < 0)
+		return;
+	st->paused = true;
+	st->pauses++;
+	if (st->sweep == 0) { /* it resumes from the sweep if nothing else */
+		int64_t id = px_timer_add(st->loop, sweep_ms, sweep_ms, sweep_cb, st);
+		st->sweep = id > 0 ? id : 0;
 	}
-	st->shed += done;
-	if (done)
-		atomic_fetch_add(&shed_total, done);
-	return done;
+	errlog("at the connection limit (%ld) with no idle or slow connection to close: "
+	       "new connections wait in the listen queue",
+	       atomic_load(&conn_limit));
+}
+
+static void acceptor_resume(struct hstate *st)
+{
+	if (!st->paused || st->cleaning)
+		return;
+	st->paused = false;
+	if (st->w->draining || st->w->lfd < 0)
+		return; /* the drain has taken the listener */
+	int rc = px_acceptor_add(st->loop, st->w->lfd, accept_cb, st->w);
+	if (rc < 0) {
+		st->paused = true; /* the sweep tries again */
+		errlog("resuming accepting: %s", strerror(-rc));
+	}
+}
+
+/* Closes old idle or slow connections while more than keep are open.
+ * False when there was none left to close. */
+static bool shed_to(struct hstate *st, long keep)
+{
+	while (atomic_load(&live) > keep) {
+		struct conn *c = victim(st);
+		if (!c)
+			return false;
+		bool finished = c->phase == P_LINGER; /* answered: routine under load */
+		conn_close(c);
+		st->shed++;
+		unsigned long long n = atomic_fetch_add(&shed_total, 1) + 1;
+		if (!finished)
+			errlog("at the connection limit (%ld): closing the oldest idle or slow "
+			       "connections (%llu so far, lingering ones included)",
+			       atomic_load(&conn_limit), n);
+	}
+	return true;
+}
+
+/* Over the limit: closes old idle or slow connections until under it, or,
+ * when there is none, stops accepting until there is room. */
+static void make_room(struct hstate *st)
+{
+	if (!shed_to(st, atomic_load(&conn_limit)))
+		acceptor_pause(st);
 }
 
 /* Appends to the loop's batch of responses for c. */
@@ -1055,6 +1118,15 @@ static void sweep_cb(px_loop *loop, int64_t id, void *arg)
 			conn_close(c); /* may delete this timer: then st->q[] is empty */
 		}
 	}
+	/* Paused: resume once there is room for one more, made by shedding
+	 * what has become old enough if need be (the connections waiting in
+	 * the listen queue are then accepted, each shedding another). */
+	if (st->paused && (shed_to(st, atomic_load(&conn_limit) - 1) || st->nconns == 0))
+		acceptor_resume(st);
+	if (!st->paused && st->nconns == 0 && st->sweep > 0) {
+		px_timer_del(loop, st->sweep);
+		st->sweep = 0;
+	}
 }
 
 static void accept_cb(px_loop *loop, int lfd, int cfd, const struct sockaddr *peer,
@@ -1066,48 +1138,32 @@ static void accept_cb(px_loop *loop, int lfd, int cfd, const struct sockaddr *pe
 	(void)peerlen;
 	if (cfd < 0) {
 		if (cfd == -EMFILE || cfd == -ENFILE) {
-			/* Descriptors are used elsewhere too: --max-conns is too
-			 * high for this process.  Lower the limit to what fits (for
-			 * good: the acceptor reports at most once a second, so
-			 * waiting for the next report would leave new clients
-			 * waiting), and make room now: an eighth of what can go,
-			 * 1 to 64.  Closing them lets the acceptor retry at once. */
-			size_t can = st->q[TQ_LINGER].n + st->q[TQ_IDLE].n + st->q[TQ_HEADER].n;
-			size_t want = can / 8 < 1 ? 1 : can / 8 > 64 ? 64 : can / 8;
-			long lim = atomic_load(&live) - (long)want;
+			/* Descriptors are used elsewhere too (--max-conns is too
+			 * high for this process): lower the limit, for good, to
+			 * what is open less one per loop (each may go one over
+			 * before it pauses), then make room as at the limit.  The
+			 * acceptor retries as soon as a connection is closed. */
+			long now_live = atomic_load(&live);
+			long lim = now_live - 1 - nloops;
 			if (lim < 1)
 				lim = 1;
 			long old = atomic_load(&conn_limit);
 			while (lim < old && !atomic_compare_exchange_weak(&conn_limit, &old, lim))
 				;
-			size_t n = shed(st, want);
-			errlog("accept: %s with %ld connections open: closed %zu idle or slow ones; "
-			       "connection limit now %ld",
-			       strerror(-cfd), atomic_load(&live) + (long)n, n, atomic_load(&conn_limit));
+			errlog("accept: %s with %ld connections open: connection limit now %ld",
+			       strerror(-cfd), now_live, atomic_load(&conn_limit));
+			make_room(st);
 		} else {
 			errlog("accept: %s (the acceptor backs off)", strerror(-cfd));
 		}
 		return;
 	}
-	long now_live = atomic_fetch_add(&live, 1) + 1;
-	if (now_live > atomic_load(&conn_limit)) {
-		if (shed(st, 1) == 0) {
-			atomic_fetch_sub(&live, 1);
-			close(cfd);
-			st->rejected++;
-			errlog("at the connection limit (%ld) with every connection busy: refusing "
-			       "new ones", atomic_load(&conn_limit));
-			return;
-		}
-		errlog("at the connection limit (%ld): closing the oldest idle or slow "
-		       "connections (%llu so far)",
-		       atomic_load(&conn_limit), (unsigned long long)atomic_load(&shed_total));
-	}
+	atomic_fetch_add(&live, 1);
 	struct conn *c = calloc(1, sizeof(*c));
 	int rc = c ? px_io_add(loop, cfd, PX_READ | mode(), conn_cb, c) : -ENOMEM;
 	if (rc == 0)
 		rc = px_send_notify(loop, cfd, OUT_LOW, on_drain, c);
-	if (rc == 0 && st->nconns == 0) {
+	if (rc == 0 && st->sweep == 0) {
 		int64_t id = px_timer_add(loop, sweep_ms, sweep_ms, sweep_cb, st);
 		rc = id < 0 ? (int)id : 0;
 		st->sweep = id > 0 ? id : 0;
@@ -1137,7 +1193,9 @@ static void accept_cb(px_loop *loop, int lfd, int cfd, const struct sockaddr *pe
 	q_append(c, TQ_HEADER); /* the first request's head is due header_ms from now */
 	st->nconns++;
 	st->connections++;
-	now_live = atomic_load(&live);
+	if (atomic_load(&live) > atomic_load(&conn_limit))
+		make_room(st); /* never closes c: it is young */
+	long now_live = atomic_load(&live);
 	if (now_live > 0 && (uint64_t)now_live > st->peak)
 		st->peak = (uint64_t)now_live;
 }
@@ -1207,7 +1265,7 @@ static void hello_snapshot(struct ml_worker *w, uint64_t *c)
 	c[4] = st->header_timeouts;
 	c[5] = st->idle_timeouts;
 	c[6] = st->shed;
-	c[7] = st->rejected;
+	c[7] = st->pauses;
 	c[8] = st->peak;
 }
 
@@ -1225,7 +1283,7 @@ static void hello_cleanup(struct ml_worker *w)
 static const struct ml_counter hello_counters[] = {
 	{ "connections", false },   { "requests", false },      { "dropped", false },
 	{ "bad_requests", false },  { "header_timeouts", false }, { "idle_timeouts", false },
-	{ "shed", false },          { "rejected", false },      { "peak_conns", true },
+	{ "shed", false },          { "accept_pauses", false },    { "peak_conns", true },
 };
 
 /* ------------------------------------------------------------------------ */
@@ -1352,6 +1410,11 @@ int main(int argc, char **argv)
 	 * shorter one late (10 ms to 250 ms). */
 	long shorter = header_ms < idle_ms ? header_ms : idle_ms;
 	sweep_ms = (uint64_t)(shorter / 8 < 10 ? 10 : shorter / 8 > 250 ? 250 : shorter / 8);
+	/* A connection at least this old may be shed: a tenth of the header
+	 * timeout, at most 1 s (a request is on its way within a round trip
+	 * of the accept, or of the previous response). */
+	shed_age_ms = (uint64_t)(header_ms / 10 > 1000 ? 1000 : header_ms / 10);
+	nloops = o.threads;
 	signal(SIGPIPE, SIG_IGN);
 
 	char info[160];
