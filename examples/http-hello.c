@@ -76,8 +76,8 @@
  *  full, LOG_FLUSH_MS after its first line, and at exit: no system call per
  *  request.  (A log that cannot be written, e.g. a full pipe, blocks the
  *  loop's thread during that write: the price of a simple example.)
- *  Problems (accept errors, shedding, refusals) go to stderr, at most one
- *  line per second for the whole process; the line says how many others
+ *  Problems (accept errors, shedding, accept pauses) go to stderr, at most
+ *  one line per second for the whole process; the line says how many others
  *  were suppressed.
  *
  * Memory: a connection costs about 130 bytes, plus its input buffer once it
@@ -1318,7 +1318,9 @@ static void help(const struct ml_options *d)
 	       "malformed request, 431 for a request head over 8 KiB, 411 for chunked\n"
 	       "bodies, 413 for larger ones, 405 for other methods.  Per-connection header\n"
 	       "and idle timeouts; at --max-conns the oldest idle or slow connections are\n"
-	       "closed to make room.  One access-log line per response, buffered.\n"
+	       "closed to make room (or accepting pauses until one is old enough: 1/10 of\n"
+	       "the header timeout, at most 1 s).  One access-log line per response,\n"
+	       "buffered.\n"
 	       "\n"
 	       "Options:\n"
 	       "  --et                   edge-triggered watchers (PX_ET; default level)\n"
