@@ -662,45 +662,6 @@ struct echo_client {
 	struct th_err err;
 };
 
-static unsigned char pattern_byte(uint32_t key, long i)
-{
-	uint32_t x = key ^ (uint32_t)i * 2654435761u;
-	x ^= x >> 15;
-	return (unsigned char)(x * 2246822519u >> 24);
-}
-
-static bool write_all(int fd, const unsigned char *p, size_t len, struct th_err *e)
-{
-	while (len > 0) {
-		ssize_t n = tp_send(fd, p, len, 0);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			th_fail(e, "send: %s", n < 0 ? strerror(errno) : "0");
-			return false;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return true;
-}
-
-static bool read_all(int fd, unsigned char *p, size_t len, struct th_err *e)
-{
-	while (len > 0) {
-		ssize_t n = recv(fd, p, len, 0);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			th_fail(e, "recv: %s", n < 0 ? strerror(errno) : "end of file");
-			return false;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return true;
-}
-
 /* Writes a random-sized patterned block, reads it back, compares every
  * byte; at least rounds_min rounds and on until the posters are done. */
 static void *echo_client_main(void *arg)
@@ -717,8 +678,8 @@ static void *echo_client_main(void *arg)
 		size_t len = 1 + th_rand(&c->seed) % sizeof out;
 		uint32_t key = th_rand(&c->seed);
 		for (size_t i = 0; i < len; i++)
-			out[i] = pattern_byte(key, (long)i);
-		if (!write_all(c->fd, out, len, &c->err) || !read_all(c->fd, in, len, &c->err))
+			out[i] = th_pattern_byte(key, (long)i);
+		if (!th_write_all(c->fd, out, len, &c->err) || !th_read_all(c->fd, in, len, &c->err))
 			break;
 		if (memcmp(in, out, len) != 0) {
 			size_t i = 0;

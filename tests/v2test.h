@@ -285,4 +285,45 @@ static inline void v2_run_until(px_loop *l, const int *count, int want, const ch
 		fail_msg("%s", why);
 }
 
+/* The echo clients' patterned bytes, and blocking writes and reads of a
+ * whole block that record a failure instead of asserting. */
+static inline unsigned char th_pattern_byte(uint32_t key, long i)
+{
+	uint32_t x = key ^ (uint32_t)i * 2654435761u;
+	x ^= x >> 15;
+	return (unsigned char)(x * 2246822519u >> 24);
+}
+
+static inline bool th_write_all(int fd, const unsigned char *p, size_t len, struct th_err *e)
+{
+	while (len > 0) {
+		ssize_t n = tp_send(fd, p, len, 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			th_fail(e, "send: %s", n < 0 ? strerror(errno) : "0");
+			return false;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return true;
+}
+
+static inline bool th_read_all(int fd, unsigned char *p, size_t len, struct th_err *e)
+{
+	while (len > 0) {
+		ssize_t n = recv(fd, p, len, 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			th_fail(e, "recv: %s", n < 0 ? strerror(errno) : "end of file");
+			return false;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return true;
+}
+
 #endif
