@@ -61,6 +61,7 @@
 
 #include <curl/curl.h>
 
+#include "excommon.h"
 #include "pollux.h"
 
 #define DEFAULT_PARALLEL 10
@@ -606,9 +607,14 @@ static int count_fds(void)
 	return n - 3; /* ".", ".." and the directory's own fd */
 }
 
+#define USAGE                                                                           \
+	"usage: curl-multi [-n N] [--et] [--check-body FILE | --check-dir DIR] [--urls FILE]\n" \
+	"                  [--timeout MS] [-v] URL...\n"
+
 static void help(void)
 {
-	printf("usage: curl-multi [options] URL...\n"
+	printf(USAGE
+	       "\n"
 	       "Fetches every URL concurrently with libcurl's multi-socket API on a pollux\n"
 	       "loop (backend from $POLLUX_BACKEND) and prints one line per URL:\n"
 	       "  OK|FAIL STATUS BYTES SECONDS sha256=HEX URL [(reason)]\n"
@@ -619,31 +625,18 @@ static void help(void)
 	       "  -n, --parallel N     transfers running at once (default %d)\n"
 	       "      --et             edge-triggered watchers (PX_ET); curl is re-driven while\n"
 	       "                       its socket stays ready (default: level-triggered)\n"
-	       "      --check-body FILE  every body must equal FILE byte for byte\n"
+	       "      --check-body FILE  every body must equal FILE byte for byte (default:\n"
+	       "                       bodies are not checked)\n"
 	       "      --check-dir DIR  the body of .../NAME must equal DIR/NAME\n"
-	       "      --urls FILE      also read URLs from FILE, one per line ('-': stdin)\n"
+	       "      --urls FILE      also read URLs from FILE, one per line ('-': stdin;\n"
+	       "                       default: the URLs of the command line only)\n"
 	       "      --timeout MS     limit per transfer, connecting included (default %d)\n"
-	       "  -v, --verbose        libcurl's verbose output on stderr\n"
-	       "  -h, --help           this help\n",
+	       "  -v, --verbose        libcurl's verbose output on stderr (default off)\n"
+	       "  -h, --help           this help\n"
+	       "A host that does not resolve fails its transfer with curl's reason\n"
+	       "(\"curl error 6: Could not resolve host: ...\").\n"
+	       "\n" EX_HELP_ENV,
 	       DEFAULT_PARALLEL, DEFAULT_TIMEOUT_MS);
-}
-
-static int usage(void)
-{
-	fprintf(stderr, "usage: curl-multi [-n N] [--et] [--check-body FILE | --check-dir DIR] "
-	                "[--urls FILE] [--timeout MS] [-v] URL... (--help for more)\n");
-	return 64;
-}
-
-static bool parse_long(const char *s, long lo, long hi, long *out)
-{
-	char *end;
-	errno = 0;
-	long v = strtol(s, &end, 10);
-	if (errno || end == s || *end || v < lo || v > hi)
-		return false;
-	*out = v;
-	return true;
 }
 
 static bool add_url(struct app *a, size_t *cap, const char *url)
@@ -688,38 +681,45 @@ int main(int argc, char **argv)
 	struct app *a = &app;
 	size_t cap = 0;
 
+	const char *me = "curl-multi";
 	for (int i = 1; i < argc; i++) {
 		const char *o = argv[i];
-		bool more = i + 1 < argc;
+		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+		bool takes = !strcmp(o, "-n") || !strcmp(o, "--parallel") || !strcmp(o, "--check-body") ||
+		             !strcmp(o, "--check-dir") || !strcmp(o, "--urls") || !strcmp(o, "--timeout");
+		if (takes && !v)
+			return ex_usage(me, USAGE, "option '%s' needs a value", o);
 		if (!strcmp(o, "-h") || !strcmp(o, "--help")) {
 			help();
 			return 0;
-		} else if ((!strcmp(o, "-n") || !strcmp(o, "--parallel")) && more) {
-			if (!parse_long(argv[++i], 1, 100000, &a->parallel))
-				return usage();
+		} else if (!strcmp(o, "-n") || !strcmp(o, "--parallel")) {
+			if (!ex_parse_long(argv[++i], 1, 100000, &a->parallel))
+				return ex_usage(me, USAGE, "bad value '%s' for %s (1 to 100000)", v, o);
 		} else if (!strcmp(o, "--et")) {
 			a->et = true;
-		} else if (!strcmp(o, "--check-body") && more) {
+		} else if (!strcmp(o, "--check-body")) {
 			a->check_body = argv[++i];
-		} else if (!strcmp(o, "--check-dir") && more) {
+		} else if (!strcmp(o, "--check-dir")) {
 			a->check_dir = argv[++i];
-		} else if (!strcmp(o, "--urls") && more) {
+		} else if (!strcmp(o, "--urls")) {
 			if (!read_urls(a, &cap, argv[++i]))
 				return 2;
-		} else if (!strcmp(o, "--timeout") && more) {
-			if (!parse_long(argv[++i], 1, 86400000L, &a->timeout_ms))
-				return usage();
+		} else if (!strcmp(o, "--timeout")) {
+			if (!ex_parse_long(argv[++i], 1, 86400000L, &a->timeout_ms))
+				return ex_usage(me, USAGE, "bad value '%s' for %s (1 to 86400000)", v, o);
 		} else if (!strcmp(o, "-v") || !strcmp(o, "--verbose")) {
 			a->verbose = true;
 		} else if (o[0] == '-' && o[1]) {
-			return usage();
+			return ex_usage(me, USAGE, "unknown option '%s'", o);
 		} else if (!add_url(a, &cap, o)) {
 			fprintf(stderr, "curl-multi: out of memory\n");
 			return 2;
 		}
 	}
-	if (a->nurls == 0 || (a->check_body && a->check_dir))
-		return usage();
+	if (a->nurls == 0)
+		return ex_usage(me, USAGE, "no URL to fetch");
+	if (a->check_body && a->check_dir)
+		return ex_usage(me, USAGE, "--check-body and --check-dir exclude each other");
 
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
 		fprintf(stderr, "curl-multi: curl_global_init failed\n");
@@ -731,9 +731,9 @@ int main(int argc, char **argv)
 	struct timespec t0;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 
-	a->loop = px_loop_new();
+	a->loop = ex_loop_new(me);
 	if (!a->loop) {
-		fprintf(stderr, "curl-multi: px_loop_new: %s\n", strerror(errno));
+		curl_global_cleanup();
 		return 2;
 	}
 	a->multi = curl_multi_init();

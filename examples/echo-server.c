@@ -1,7 +1,9 @@
 /* echo-server: sends back everything it receives, in bounded memory.
  *
- *   echo-server [--et] [--port N] [--host ADDR|any] [--threads N]
- *               [--drain-ms N] [--stats]
+ *   echo-server [--et] [--idle-timeout-ms MS] [--port N] [--host ADDR|any]
+ *               [--threads N] [--drain-ms N] [--stats]
+ *
+ * (--help lists every option with its default; bad usage exits 64.)
  *
  * Echoes through px_send (the library's per-fd send queue) with
  * back-pressure.  Per client:
@@ -22,6 +24,18 @@
  * With --et the watchers are edge-triggered and read until EAGAIN (or until
  * the queue is above ECHO_HIGH).  One read buffer per loop serves all its
  * connections: px_send copies what it cannot send at once.
+ *
+ * Idle timeout (--idle-timeout-ms, default 60000): a connection that makes
+ * no progress for that long is closed (counted in idle_timeouts).
+ * Progress is a read that got bytes, or the client taking its echo down to
+ * ECHO_LOW (a drain notification): a client that neither sends nor reads is
+ * cut off, one that only reads a large echo slowly is not.  The loop's
+ * connections are kept in one list in the order of their last progress (a
+ * connection moves to the tail when it makes some), so the idle ones are
+ * at the head: one sweep timer per loop (every eighth of the timeout, 10 ms
+ * to 1 s, only while there are connections) closes from the head what is
+ * past the deadline, in O(1) per connection and per progress; no timer per
+ * connection.
  *
  * --threads N runs N loops, one per thread, each accepting on its own
  * SO_REUSEPORT listener (see multiloop.h).
@@ -62,6 +76,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "excommon.h"
 #include "multiloop.h"
 #include "pollux.h"
 
@@ -85,15 +100,17 @@ struct conn {
 	bool reading; /* PX_READ armed */
 	bool eof;     /* peer done sending: close once the queue is empty */
 	uint64_t last_read; /* px_loop_now of the last read that got bytes */
+	uint64_t last_active; /* ... or of the last drain notification */
 };
 
 /* One loop's state: only its thread touches it (the main thread reads the
  * --stats marks after joining). */
 struct estate {
 	struct ml_worker *w;
-	struct conn *conns;
+	struct conn *conns, *tail; /* oldest progress first */
 	size_t nconns;
-	uint64_t connections, echoed, dropped;
+	int64_t sweep;             /* idle sweep timer while there are connections */
+	uint64_t connections, echoed, dropped, idle_timeouts;
 	/* --stats */
 	size_t queued_hwm, conn_queued_hwm;
 	unsigned long long last_echoed;
@@ -103,6 +120,8 @@ struct estate {
 
 /* Read-only once the loops run. */
 static bool et, stats, threaded;
+static long idle_ms = 60000;
+static uint64_t sweep_ms;
 
 static px_drain_cb on_drain;
 
@@ -111,19 +130,52 @@ static unsigned mode(void)
 	return et ? PX_ET : 0;
 }
 
-static void conn_close(px_loop *loop, struct conn *c)
+static void unlink_conn(struct estate *st, struct conn *c)
 {
-	struct estate *st = c->st;
-	px_io_del(loop, c->fd); /* also discards what is still queued */
-	close(c->fd);
 	if (c->prev)
 		c->prev->next = c->next;
 	else
 		st->conns = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
+	else
+		st->tail = c->prev;
+	c->prev = c->next = NULL;
+}
+
+static void append_conn(struct estate *st, struct conn *c)
+{
+	c->prev = st->tail;
+	c->next = NULL;
+	if (st->tail)
+		st->tail->next = c;
+	else
+		st->conns = c;
+	st->tail = c;
+}
+
+/* c made progress: to the tail of the list, its idle clock restarts. */
+static void touch(const px_loop *loop, struct conn *c)
+{
+	c->last_active = px_loop_now(loop);
+	if (c->st->tail != c) {
+		unlink_conn(c->st, c);
+		append_conn(c->st, c);
+	}
+}
+
+static void conn_close(px_loop *loop, struct conn *c)
+{
+	struct estate *st = c->st;
+	px_io_del(loop, c->fd); /* also discards what is still queued */
+	close(c->fd);
+	unlink_conn(st, c);
 	st->nconns--;
 	free(c);
+	if (st->nconns == 0 && st->sweep > 0) {
+		px_timer_del(loop, st->sweep);
+		st->sweep = 0;
+	}
 	if (st->w->draining && st->nconns == 0)
 		ml_drained(st->w);
 }
@@ -183,6 +235,7 @@ static bool conn_read(px_loop *loop, struct conn *c)
 		ssize_t n = recv(c->fd, st->rbuf, sizeof(st->rbuf), 0);
 		if (n > 0) {
 			c->last_read = px_loop_now(loop);
+			touch(loop, c);
 			int rc = px_send(loop, c->fd, st->rbuf, (size_t)n);
 			if (rc < 0) {
 				conn_close(loop, c); /* -EPIPE, -ECONNRESET, -ENOMEM, ... */
@@ -253,6 +306,7 @@ static void on_drain(px_loop *loop, int fd, int status, void *arg)
 		conn_close(loop, c);
 		return;
 	}
+	touch(loop, c); /* the client is taking its echo */
 	if (c->eof) {
 		if (px_send_pending(loop, fd) == 0)
 			conn_close(loop, c);
@@ -277,6 +331,19 @@ static void conn_cb(px_loop *loop, int fd, unsigned revents, void *arg)
 	conn_read(loop, c);
 }
 
+/* Closes the connections that made no progress for idle_ms: the head of
+ * the list. */
+static void idle_sweep(px_loop *loop, int64_t id, void *arg)
+{
+	struct estate *st = arg;
+	uint64_t now = px_loop_now(loop);
+	(void)id;
+	while (st->conns && now - st->conns->last_active >= (uint64_t)idle_ms) {
+		st->idle_timeouts++;
+		conn_close(loop, st->conns); /* the last one deletes this timer */
+	}
+}
+
 static void accept_cb(px_loop *loop, int lfd, int cfd, const struct sockaddr *peer,
                       socklen_t peerlen, void *arg)
 {
@@ -297,22 +364,26 @@ static void accept_cb(px_loop *loop, int lfd, int cfd, const struct sockaddr *pe
 	c->fd = cfd;
 	c->st = st;
 	c->reading = true;
-	c->last_read = px_loop_now(loop);
+	c->last_read = c->last_active = px_loop_now(loop);
 	if (px_io_add(loop, cfd, PX_READ | mode(), conn_cb, c) < 0) {
 		close(cfd);
 		free(c);
 		return;
 	}
-	if (px_send_notify(loop, cfd, ECHO_LOW, on_drain, c) < 0) {
+	int rc = px_send_notify(loop, cfd, ECHO_LOW, on_drain, c);
+	if (rc == 0 && st->nconns == 0) {
+		int64_t id = px_timer_add(loop, sweep_ms, sweep_ms, idle_sweep, st);
+		rc = id < 0 ? (int)id : 0;
+		st->sweep = id > 0 ? id : 0;
+	}
+	if (rc < 0) {
+		fprintf(stderr, "echo-server: new connection: %s\n", strerror(-rc));
 		px_io_del(loop, cfd);
 		close(cfd);
 		free(c);
 		return;
 	}
-	c->next = st->conns;
-	if (st->conns)
-		st->conns->prev = c;
-	st->conns = c;
+	append_conn(st, c);
 	st->nconns++;
 	st->connections++;
 }
@@ -416,6 +487,7 @@ static void echo_snapshot(struct ml_worker *w, uint64_t *c)
 	c[0] = st->connections;
 	c[1] = st->echoed;
 	c[2] = st->dropped;
+	c[3] = st->idle_timeouts;
 }
 
 static void echo_cleanup(struct ml_worker *w)
@@ -428,40 +500,86 @@ static void echo_cleanup(struct ml_worker *w)
 		close(c->fd);
 		free(c);
 	}
+	st->tail = NULL;
 	st->nconns = 0;
+	if (st->sweep > 0)
+		px_timer_del(w->loop, st->sweep);
+	st->sweep = 0;
 }
 
 static const struct ml_counter echo_counters[] = {
 	{ "connections", false },
 	{ "bytes", false },
 	{ "dropped", false },
+	{ "idle_timeouts", false },
 };
 
 /* ------------------------------------------------------------------------ */
 
-static int usage(void)
+#define USAGE                                                                      \
+	"usage: echo-server [--et] [--idle-timeout-ms MS] [--port N] [--host ADDR|any]\n" \
+	"                   [--threads N] [--drain-ms N] [--stats]\n"
+
+static void help(const struct ml_options *d)
 {
-	fprintf(stderr, "usage: echo-server [--et] " ML_USAGE "\n");
-	return 64;
+	printf(USAGE
+	       "\n"
+	       "A TCP echo server: sends back every byte it receives, through px_send with\n"
+	       "back-pressure (a client that sends fast and reads slowly is not read while\n"
+	       "more than %u KiB are queued for it, and again from %u KiB).  With --stats\n"
+	       "it also prints the peak RSS and the queue high-water marks every second\n"
+	       "while there is traffic, and at exit.\n"
+	       "\n"
+	       "Options:\n"
+	       "  --et                   edge-triggered watchers (PX_ET; default level)\n"
+	       "  --idle-timeout-ms MS   close a connection that neither sends nor takes its\n"
+	       "                         echo for MS (default %ld)\n",
+	       ECHO_HIGH / 1024, ECHO_LOW / 1024, idle_ms);
+	ml_help(stdout, d);
+	printf("\n" EX_HELP_ENV "\n");
+	ml_help_signals(stdout, "echo-server");
+	printf("\nExit status: 0 after a drain (even a forced one), 1 when the server could\n"
+	       "not start (a bad POLLUX_BACKEND, a host that does not resolve, a port in\n"
+	       "use), 64 bad usage.\n");
 }
 
 int main(int argc, char **argv)
 {
-	struct ml_options o = { .host = "127.0.0.1", .port = 7007, .threads = 1, .drain_ms = 5000 };
+	const struct ml_options defaults = { .host = "127.0.0.1", .port = 7007, .threads = 1,
+	                                     .drain_ms = 5000 };
+	struct ml_options o = defaults;
+	const char *me = "echo-server";
 
 	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+			help(&defaults);
+			return 0;
+		}
 		int r = ml_option(&o, argc, argv, &i);
-		if (r < 0)
-			return usage();
+		if (r == -1)
+			return ex_usage(me, USAGE, "option '%s' needs a value", a);
+		if (r == -2)
+			return ex_usage(me, USAGE, "bad value '%s' for %s", argv[i], a);
 		if (r > 0)
 			continue;
-		if (!strcmp(argv[i], "--et"))
+		if (!strcmp(a, "--et")) {
 			et = true;
-		else
-			return usage();
+		} else if (!strcmp(a, "--idle-timeout-ms")) {
+			if (i + 1 >= argc)
+				return ex_usage(me, USAGE, "option '%s' needs a value", a);
+			if (!ex_parse_long(argv[++i], 1, 86400000L, &idle_ms))
+				return ex_usage(me, USAGE, "bad value '%s' for %s (1 to 86400000)",
+				                argv[i], a);
+		} else {
+			return ex_usage(me, USAGE, "unknown option '%s'", a);
+		}
 	}
+	sweep_ms = (uint64_t)(idle_ms / 8 < 10 ? 10 : idle_ms / 8 > 1000 ? 1000 : idle_ms / 8);
 	stats = o.stats;
 	threaded = o.threads > 1;
+	char info[48];
+	snprintf(info, sizeof(info), "idle_timeout_ms=%ld", idle_ms);
 	signal(SIGPIPE, SIG_IGN);
 
 	/* Static: a loop's state holds its 64 KiB read buffer. */
@@ -469,6 +587,7 @@ int main(int argc, char **argv)
 	const struct ml_app app = {
 		.name = "echo-server",
 		.mode = et ? "edge" : "level",
+		.info = info,
 		.counters = echo_counters,
 		.ncounters = (int)(sizeof(echo_counters) / sizeof(echo_counters[0])),
 		.on_accept = accept_cb,

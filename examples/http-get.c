@@ -5,7 +5,9 @@
  * Connects with px_connect_tcp (5 s deadline), sends "GET PATH HTTP/1.0",
  * reads the response to end of file (at most 10 s in all) and prints it.
  * Exit status: 0 when the status is 200, 1 another status, 2 an error
- * (connect, timeout, malformed response), 64 usage. */
+ * (connect, a host that does not resolve, timeout, malformed response),
+ * 64 usage.  It makes no event loop (px_connect_tcp and poll()), so
+ * POLLUX_BACKEND does not matter to it. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -20,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "excommon.h"
 #include "pollux.h"
 
 #ifndef MSG_NOSIGNAL /* older macOS: SIGPIPE is ignored in main() instead */
@@ -53,26 +56,52 @@ static int wait_for(int fd, short events, double deadline)
 	}
 }
 
+#define USAGE "usage: http-get HOST PORT [PATH]\n"
+
+static void help(void)
+{
+	printf(USAGE
+	       "\n"
+	       "A tiny blocking HTTP/1.0 client: connects to HOST PORT (px_connect_tcp,\n"
+	       "%d ms deadline), sends \"GET PATH HTTP/1.0\" (PATH default \"/\") with\n"
+	       "Connection: close, and prints the response, read to end of file (at most\n"
+	       "%d ms in all).\n"
+	       "\n"
+	       "Options:\n"
+	       "  -h, --help   this help\n"
+	       "\n"
+	       "Environment: none.  POLLUX_BACKEND does not matter: no event loop is made\n"
+	       "(px_connect_tcp, then poll() on the one socket).\n"
+	       "\n"
+	       "Exit status: 0 status 200, 1 another status, 2 an error (connecting, a host\n"
+	       "that does not resolve, timeout, malformed response), 64 bad usage.\n",
+	       CONNECT_MS, TOTAL_MS);
+}
+
 int main(int argc, char **argv)
 {
-	if (argc < 3 || argc > 4) {
-		fprintf(stderr, "usage: http-get HOST PORT [PATH]\n");
-		return 64;
+	const char *me = "http-get";
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+			help();
+			return 0;
+		}
+		if (argv[i][0] == '-' && argv[i][1] == '-')
+			return ex_usage(me, USAGE, "unknown option '%s'", argv[i]);
 	}
+	if (argc < 3 || argc > 4)
+		return ex_usage(me, USAGE, argc < 3 ? "HOST and PORT are needed"
+		                                    : "too many arguments");
 	const char *host = argv[1], *path = argc > 3 ? argv[3] : "/";
-	char *end;
-	long port = strtol(argv[2], &end, 10);
-	if (*end || end == argv[2] || port < 1 || port > 65535) {
-		fprintf(stderr, "usage: http-get HOST PORT [PATH]\n");
-		return 64;
-	}
+	long port;
+	if (!ex_parse_long(argv[2], 1, 65535, &port))
+		return ex_usage(me, USAGE, "bad port '%s' (1 to 65535)", argv[2]);
 	signal(SIGPIPE, SIG_IGN);
 	double deadline = now_ms() + TOTAL_MS;
 
 	int fd = px_connect_tcp(host, (uint16_t)port, CONNECT_MS);
 	if (fd < 0) {
-		fprintf(stderr, "http-get: connect to %s port %ld: %s\n", host, port,
-		        fd == -ENOENT ? "name does not resolve" : strerror(-fd));
+		ex_net_error(me, "connect to", host, port, fd);
 		return 2;
 	}
 	/* The socket is blocking; non-blocking I/O with poll() keeps the whole

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "excommon.h"
 #include "multiloop.h"
 
 /* After the drain deadline has forced the connections closed, how many more
@@ -57,17 +58,6 @@ struct gather {
 /* ------------------------------------------------------------------------ */
 /* Options                                                                    */
 
-static bool parse_long(const char *s, long lo, long hi, long *out)
-{
-	char *end;
-	errno = 0;
-	long v = strtol(s, &end, 10);
-	if (errno || end == s || *end || v < lo || v > hi)
-		return false;
-	*out = v;
-	return true;
-}
-
 int ml_option(struct ml_options *o, int argc, char **argv, int *i)
 {
 	const char *a = argv[*i];
@@ -88,10 +78,38 @@ int ml_option(struct ml_options *o, int argc, char **argv, int *i)
 		return 1;
 	}
 	if (!strcmp(a, "--threads"))
-		return parse_long(v, 1, ML_MAX_THREADS, &o->threads) ? 1 : -1;
+		return ex_parse_long(v, 1, ML_MAX_THREADS, &o->threads) ? 1 : -2;
 	if (!strcmp(a, "--drain-ms"))
-		return parse_long(v, 0, 3600L * 1000, &o->drain_ms) ? 1 : -1;
-	return parse_long(v, 0, 65535, &o->port) ? 1 : -1;
+		return ex_parse_long(v, 0, 3600L * 1000, &o->drain_ms) ? 1 : -2;
+	return ex_parse_long(v, 0, 65535, &o->port) ? 1 : -2;
+}
+
+void ml_help(FILE *f, const struct ml_options *d)
+{
+	fprintf(f,
+	        "  --port N               TCP port; 0: one the kernel picks (default %ld)\n"
+	        "  --host ADDR|any        address or name to listen on; any: every address\n"
+	        "                         (default %s)\n"
+	        "  --threads N            N loops, one per thread, each with its own\n"
+	        "                         SO_REUSEPORT listener on the port; 1 to %d\n"
+	        "                         (default %ld)\n"
+	        "  --drain-ms N           after SIGTERM/SIGINT, close what is still open\n"
+	        "                         after N ms (default %ld)\n"
+	        "  --stats                also print the counters line at exit (default off)\n"
+	        "  -h, --help             this help\n",
+	        d->port, d->host ? d->host : "any", ML_MAX_THREADS, d->threads, d->drain_ms);
+}
+
+void ml_help_signals(FILE *f, const char *name)
+{
+	fprintf(f,
+	        "Signals: SIGTERM or SIGINT drains: stop accepting, close idle connections,\n"
+	        "finish the others, then exit 0 with a summary line\n"
+	        "  %s: exit reason=... drain=clean|deadline|second-signal ...\n"
+	        "A second one, or the --drain-ms deadline, closes what is left.  SIGHUP\n"
+	        "prints the counters of every loop summed, as one line\n"
+	        "  %s: counters when=sighup ...\n",
+	        name, name);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -498,11 +516,9 @@ static int setup(struct ml_server *s, void *states, size_t state_size)
 		w->srv = s;
 		w->lfd = -1;
 		w->state = (char *)states + (size_t)i * state_size;
-		w->loop = px_loop_new();
-		if (!w->loop) {
-			fprintf(stderr, "%s: px_loop_new: %s\n", app->name, strerror(errno));
+		w->loop = ex_loop_new(app->name);
+		if (!w->loop)
 			return -1;
-		}
 		if (i == 0)
 			s->main = w->loop;
 		/* Loop 0 binds the port (an ephemeral one for --port 0); the
@@ -511,9 +527,8 @@ static int setup(struct ml_server *s, void *states, size_t state_size)
 		                                       PX_LISTEN_REUSEPORT)
 		                  : px_listen_tcp(s->o->host, (uint16_t)s->port, 0);
 		if (fd < 0) {
-			fprintf(stderr, "%s: listen on %s port %ld%s: %s\n", app->name,
-			        s->o->host ? s->o->host : "any", s->port,
-			        s->n > 1 ? " (SO_REUSEPORT)" : "", strerror(-fd));
+			ex_net_error(app->name, s->n > 1 ? "listen (SO_REUSEPORT) on" : "listen on",
+			             s->o->host, s->port, fd);
 			return -1;
 		}
 		w->lfd = fd;
@@ -562,8 +577,9 @@ int ml_run(const struct ml_app *app, const struct ml_options *o, void *states,
 		status = 1;
 		goto out;
 	}
-	printf("%s: backend=%s port=%ld mode=%s threads=%d\n", app->name, px_loop_backend(s->main),
-	       s->port, app->mode, s->n);
+	printf("%s: backend=%s port=%ld mode=%s threads=%d%s%s\n", app->name,
+	       px_loop_backend(s->main), s->port, app->mode, s->n, app->info ? " " : "",
+	       app->info ? app->info : "");
 	fflush(stdout);
 	for (; started < s->n; started++) {
 		int rc = pthread_create(&w[started].thread, NULL, worker_main, &w[started]);

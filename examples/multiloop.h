@@ -38,10 +38,11 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "pollux.h"
 
-#define ML_MAX_COUNTERS 8
+#define ML_MAX_COUNTERS 12
 #define ML_MAX_THREADS  64
 /* While draining, a connection is idle (closed) only once it has been quiet
  * this long: a client between two sends, or whose request is on its way,
@@ -85,6 +86,7 @@ struct ml_worker {
 struct ml_app {
 	const char *name;     /* "http-hello": prefix of every line */
 	const char *mode;     /* "level" or "edge", for the start-up line */
+	const char *info;     /* NULL, or more "key=value" words for the start-up line */
 	const struct ml_counter *counters;
 	int ncounters;        /* <= ML_MAX_COUNTERS */
 	px_accept_cb *on_accept;                      /* arg: the struct ml_worker */
@@ -106,19 +108,25 @@ struct ml_options {
 
 /* Parses --threads N, --drain-ms N, --port N, --host ADDR|any and --stats at
  * argv[*i] (advancing *i past a value): 1 when it took the option, 0 when
- * argv[*i] is none of these, -1 for a missing or bad value. */
+ * argv[*i] is none of these, -1 when its value is missing (*i unchanged),
+ * -2 when the value argv[*i] is bad (*i advanced to it). */
 int ml_option(struct ml_options *o, int argc, char **argv, int *i);
 
-/* The usage text of the options above, for the examples' own usage lines. */
-#define ML_USAGE "[--port N] [--host ADDR|any] [--threads N] [--drain-ms N] [--stats]"
+/* The --help lines of the options above, with the defaults in *defaults. */
+void ml_help(FILE *f, const struct ml_options *defaults);
+
+/* The --help lines on signals and the summary, for a server named name. */
+void ml_help_signals(FILE *f, const char *name);
 
 /* Creates the loops and listeners, prints the start-up line
- * ("NAME: backend=B port=P mode=M threads=N"), runs until the server has
+ * ("NAME: backend=B port=P mode=M threads=N [INFO]"), runs until the server has
  * stopped and every thread has been joined, prints the summary, frees the
  * loops.  states: o->threads states of state_size bytes each (set up by the
  * caller; still the caller's after the call).  *total (may be NULL) gets
  * the combined final counters.  Returns the exit status: 0, or 1 when the
- * server could not start. */
+ * server could not start (a bad POLLUX_BACKEND, a host that does not
+ * resolve, a port in use...: one line on stderr says which, see
+ * excommon.h). */
 int ml_run(const struct ml_app *app, const struct ml_options *o, void *states,
            size_t state_size, struct ml_snap *total);
 

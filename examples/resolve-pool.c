@@ -59,6 +59,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "excommon.h"
 #include "pollux.h"
 
 #define LINE_MAX_LEN  1024
@@ -786,22 +787,43 @@ static void on_signal(px_loop *loop, int signo, void *arg)
 
 /* ------------------------------------------------------------------------ */
 
-static int usage(void)
-{
-	fprintf(stderr, "usage: resolve-pool [--workers K] [--et] [--port N] [--host ADDR|any] "
-	                "[--drain-ms N] [--stats]\n");
-	return 64;
-}
+#define USAGE                                                                      \
+	"usage: resolve-pool [--workers K] [--et] [--port N] [--host ADDR|any]\n"    \
+	"                    [--drain-ms N] [--stats]\n"
 
-static bool parse_long(const char *s, long lo, long hi, long *out)
+static void help(void)
 {
-	char *end;
-	errno = 0;
-	long v = strtol(s, &end, 10);
-	if (errno || end == s || *end || v < lo || v > hi)
-		return false;
-	*out = v;
-	return true;
+	printf(USAGE
+	       "\n"
+	       "A line-oriented TCP service whose blocking work (getaddrinfo, a slow prime\n"
+	       "count, sleeps) runs on a pool of worker threads and comes back to the loop\n"
+	       "with px_loop_post; each connection's replies keep the order of its requests.\n"
+	       "Requests, one per line:\n"
+	       "  resolve NAME   the addresses of NAME (NAME alone does the same)\n"
+	       "  prime N        how many primes are <= N (N <= %lu)\n"
+	       "  sleep MS       \"done\" after MS ms (MS <= %lu)\n"
+	       "  stats          the loop's counters\n"
+	       "  quit           close after the replies to the requests before it\n"
+	       "\n"
+	       "Options:\n"
+	       "  --workers K            threads in the pool, 1 to %d (default 4)\n"
+	       "  --et                   edge-triggered watchers (PX_ET; default level)\n"
+	       "  --port N               TCP port; 0: one the kernel picks (default 7070)\n"
+	       "  --host ADDR|any        address or name to listen on; any: every address\n"
+	       "                         (default 127.0.0.1)\n"
+	       "  --drain-ms N           after SIGTERM/SIGINT, cancel the jobs and close what\n"
+	       "                         is still open after N ms (default 5000)\n"
+	       "  --stats                also print the counters line at exit (default off)\n"
+	       "  -h, --help             this help\n"
+	       "\n" EX_HELP_ENV
+	       "\n"
+	       "Signals: SIGTERM or SIGINT: stop reading, answer what was read, join the\n"
+	       "pool, exit 0 with a line \"resolve-pool: exit reason=...\"; a second one, or\n"
+	       "the --drain-ms deadline, cancels the jobs.  SIGHUP prints the counters.\n"
+	       "\n"
+	       "Exit status: 0 after a drain, 1 when the service could not start (a bad\n"
+	       "POLLUX_BACKEND, a host that does not resolve, a port in use), 64 bad usage.\n",
+	       PRIME_MAX, SLEEP_MAX, MAX_WORKERS);
 }
 
 int main(int argc, char **argv)
@@ -810,41 +832,50 @@ int main(int argc, char **argv)
 	const char *host = "127.0.0.1";
 	int status = 0;
 
+	const char *me = "resolve-pool";
+
 	S.drain_ms = 5000;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-		if (!strcmp(a, "--et")) {
+		long *num = NULL, lo = 0, hi = 0;
+		if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+			help();
+			return 0;
+		} else if (!strcmp(a, "--et")) {
 			S.et = true;
 		} else if (!strcmp(a, "--stats")) {
 			S.stats = true;
-		} else if (!strcmp(a, "--workers") && v) {
-			if (!parse_long(argv[++i], 1, MAX_WORKERS, &workers))
-				return usage();
-		} else if (!strcmp(a, "--port") && v) {
-			if (!parse_long(argv[++i], 0, 65535, &port))
-				return usage();
-		} else if (!strcmp(a, "--drain-ms") && v) {
-			if (!parse_long(argv[++i], 0, 3600L * 1000, &S.drain_ms))
-				return usage();
-		} else if (!strcmp(a, "--host") && v) {
+		} else if (!strcmp(a, "--workers")) {
+			num = &workers, lo = 1, hi = MAX_WORKERS;
+		} else if (!strcmp(a, "--port")) {
+			num = &port, lo = 0, hi = 65535;
+		} else if (!strcmp(a, "--drain-ms")) {
+			num = &S.drain_ms, lo = 0, hi = 3600L * 1000;
+		} else if (!strcmp(a, "--host")) {
+			if (!v)
+				return ex_usage(me, USAGE, "option '%s' needs a value", a);
 			host = strcmp(argv[++i], "any") ? argv[i] : NULL;
 		} else {
-			return usage();
+			return ex_usage(me, USAGE, "unknown option '%s'", a);
+		}
+		if (num) {
+			if (!v)
+				return ex_usage(me, USAGE, "option '%s' needs a value", a);
+			if (!ex_parse_long(v, lo, hi, num))
+				return ex_usage(me, USAGE, "bad value '%s' for %s (%ld to %ld)", v, a, lo, hi);
+			i++;
 		}
 	}
 	signal(SIGPIPE, SIG_IGN);
 	S.t0 = mono_ms();
 	atomic_init(&P.cancel, false);
 
-	S.loop = px_loop_new();
-	if (!S.loop) {
-		fprintf(stderr, "resolve-pool: px_loop_new: %s\n", strerror(errno));
+	S.loop = ex_loop_new(me);
+	if (!S.loop)
 		return 1;
-	}
 	S.lfd = px_listen_tcp(host, (uint16_t)port, 0);
 	if (S.lfd < 0) {
-		fprintf(stderr, "resolve-pool: listen on %s port %ld: %s\n", host ? host : "any", port,
-		        strerror(-S.lfd));
+		ex_net_error(me, "listen on", host, port, S.lfd);
 		px_loop_free(S.loop);
 		return 1;
 	}

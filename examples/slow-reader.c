@@ -33,6 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "excommon.h"
 #include "pollux.h"
 
 #ifndef MSG_NOSIGNAL /* older macOS: SIGPIPE is ignored in main() instead */
@@ -225,11 +226,32 @@ static void deadline_cb(px_loop *loop, int64_t id, void *arg)
 	finish(loop, 2);
 }
 
-static int usage(void)
+#define USAGE                                                                   \
+	"usage: slow-reader HOST PORT [--mib N] [--read-kib-per-s K] [--conns C]\n" \
+	"                   [--timeout S]\n"
+
+static void help(void)
 {
-	fprintf(stderr, "usage: slow-reader HOST PORT [--mib N] [--read-kib-per-s K] "
-	                "[--conns C] [--timeout S]\n");
-	return 64;
+	printf(USAGE
+	       "\n"
+	       "A client that sends fast and reads slowly, to check that an echo server at\n"
+	       "HOST PORT pushes back instead of buffering without bound.  On each of C\n"
+	       "connections it sends N MiB of a deterministic pattern as fast as the socket\n"
+	       "takes them, then shuts down its write side, while reading the echo back at\n"
+	       "no more than K KiB/s per connection; every byte is checked.\n"
+	       "\n"
+	       "Options:\n"
+	       "  --mib N                MiB sent per connection (default 64)\n"
+	       "  --read-kib-per-s K     read rate per connection, KiB/s (default 512)\n"
+	       "  --conns C              connections, 1 to 10000 (default 4)\n"
+	       "  --timeout S            give up after S seconds (default: the time the\n"
+	       "                         reads need at K KiB/s, times 1.5, plus 10)\n"
+	       "  -h, --help             this help\n"
+	       "\n" EX_HELP_ENV
+	       "\n"
+	       "Exit status: 0 every byte came back, then end of file; 1 a mismatch, a\n"
+	       "connection error (or a host that does not resolve, a bad POLLUX_BACKEND)\n"
+	       "or an early end of file; 2 the deadline passed; 64 bad usage.\n");
 }
 
 static bool num(const char *s, double lo, double hi, double *out)
@@ -248,33 +270,43 @@ int main(int argc, char **argv)
 	const char *host = NULL, *port_s = NULL;
 	double mib = 64, kib = 512, conns = 4, timeout = -1, port;
 
+	const char *me = "slow-reader";
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
-		bool has = i + 1 < argc;
-		if (!strcmp(a, "--mib") && has) {
-			if (!num(argv[++i], 0, 1 << 20, &mib))
-				return usage();
-		} else if (!strcmp(a, "--read-kib-per-s") && has) {
-			if (!num(argv[++i], 1, 1 << 30, &kib))
-				return usage();
-		} else if (!strcmp(a, "--conns") && has) {
-			if (!num(argv[++i], 1, 10000, &conns) || conns != (int)conns)
-				return usage();
-		} else if (!strcmp(a, "--timeout") && has) {
-			if (!num(argv[++i], 0.001, 1e6, &timeout))
-				return usage();
+		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+		double *out = NULL, lo = 0, hi = 0;
+		if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+			help();
+			return 0;
+		} else if (!strcmp(a, "--mib")) {
+			out = &mib, lo = 0, hi = 1 << 20;
+		} else if (!strcmp(a, "--read-kib-per-s")) {
+			out = &kib, lo = 1, hi = 1 << 30;
+		} else if (!strcmp(a, "--conns")) {
+			out = &conns, lo = 1, hi = 10000;
+		} else if (!strcmp(a, "--timeout")) {
+			out = &timeout, lo = 0.001, hi = 1e6;
 		} else if (a[0] == '-' && a[1] == '-') {
-			return usage();
+			return ex_usage(me, USAGE, "unknown option '%s'", a);
 		} else if (!host) {
 			host = a;
 		} else if (!port_s) {
 			port_s = a;
 		} else {
-			return usage();
+			return ex_usage(me, USAGE, "unexpected argument '%s'", a);
+		}
+		if (out) {
+			if (!v)
+				return ex_usage(me, USAGE, "option '%s' needs a value", a);
+			if (!num(v, lo, hi, out) || (out == &conns && conns != (int)conns))
+				return ex_usage(me, USAGE, "bad value '%s' for %s (%g to %g)", v, a, lo, hi);
+			i++;
 		}
 	}
-	if (!host || !port_s || !num(port_s, 1, 65535, &port) || port != (int)port)
-		return usage();
+	if (!host || !port_s)
+		return ex_usage(me, USAGE, "HOST and PORT are needed");
+	if (!num(port_s, 1, 65535, &port) || port != (int)port)
+		return ex_usage(me, USAGE, "bad port '%s' (1 to 65535)", port_s);
 	nconns = (int)conns;
 	total = (uint64_t)(mib * 1048576.0);
 	rate = kib * 1024.0;
@@ -282,11 +314,9 @@ int main(int argc, char **argv)
 		timeout = (double)total / rate * 1.5 + 10;
 	signal(SIGPIPE, SIG_IGN);
 
-	px_loop *loop = px_loop_new();
-	if (!loop) {
-		fprintf(stderr, "slow-reader: px_loop_new: %s\n", strerror(errno));
+	px_loop *loop = ex_loop_new(me);
+	if (!loop)
 		return 1;
-	}
 	cs = calloc((size_t)nconns, sizeof(*cs));
 	if (!cs) {
 		perror("slow-reader: calloc");
@@ -301,8 +331,7 @@ int main(int argc, char **argv)
 		c->idx = i;
 		int fd = px_connect_tcp(host, (uint16_t)port, 5000);
 		if (fd < 0) {
-			fprintf(stderr, "slow-reader: connect %s:%s: %s\n", host, port_s,
-			        strerror(-fd));
+			ex_net_error(me, "connect to", host, (long)port, fd);
 			status = 1;
 			goto out;
 		}

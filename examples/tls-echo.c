@@ -62,6 +62,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "excommon.h"
 #include "pollux.h"
 
 #define BUF_SZ 16384
@@ -545,12 +546,16 @@ static void on_stop_signal(px_loop *loop, int signo, void *arg)
 
 /* ------------------------------------------------------------------------ */
 
+#define USAGE                                                                          \
+	"usage: tls-echo --cert FILE --key FILE [--port N] [--host ADDR|any] [--et]\n"   \
+	"                [--handshake-timeout MS]\n"                                     \
+	"       tls-echo --client --port N [--host H] (--cafile FILE | --insecure)\n"    \
+	"                [--servername NAME] [--et]\n"
+
 static void help(void)
 {
-	printf("usage: tls-echo --cert FILE --key FILE [--port N] [--host ADDR|any] [--et]\n"
-	       "                [--handshake-timeout MS]\n"
-	       "       tls-echo --client --port N [--host H] (--cafile FILE | --insecure)\n"
-	       "                [--servername NAME] [--et]\n"
+	printf(USAGE
+	       "\n"
 	       "A TLS echo server (default) or client on OpenSSL in non-blocking mode, on a\n"
 	       "pollux loop (backend from $POLLUX_BACKEND).\n"
 	       "\n"
@@ -568,28 +573,13 @@ static void help(void)
 	       "  --insecure               no verification\n"
 	       "Both:\n"
 	       "  --et                     edge-triggered watchers (PX_ET; default level)\n"
-	       "  -h, --help               this help\n",
+	       "  -h, --help               this help\n"
+	       "\n" EX_HELP_ENV
+	       "\n"
+	       "Exit status: server: 0 after SIGTERM/SIGINT, 1 when it could not start (a\n"
+	       "bad POLLUX_BACKEND, certificate or key, a host that does not resolve, a port\n"
+	       "in use); client: 0 when every byte came back, 1 otherwise; 64 bad usage.\n",
 	       DEFAULT_HS_TIMEOUT_MS);
-}
-
-static int usage(void)
-{
-	fprintf(stderr, "usage: tls-echo --cert FILE --key FILE [--port N] [--host ADDR|any] [--et] "
-	                "[--handshake-timeout MS]\n"
-	                "       tls-echo --client --port N [--host H] (--cafile FILE | --insecure) "
-	                "[--servername NAME] [--et]\n");
-	return 64;
-}
-
-static bool parse_long(const char *s, long lo, long hi, long *out)
-{
-	char *end;
-	errno = 0;
-	long v = strtol(s, &end, 10);
-	if (errno || end == s || *end || v < lo || v > hi)
-		return false;
-	*out = v;
-	return true;
 }
 
 static void print_ssl_errors(const char *what)
@@ -620,8 +610,7 @@ static int run_server(px_loop *loop, const char *host, long port, const char *ce
 
 	listen_fd = px_listen_tcp(host, (uint16_t)port, 0);
 	if (listen_fd < 0) {
-		fprintf(stderr, "tls-echo: listen on %s port %ld: %s\n", host ? host : "any", port,
-		        strerror(-listen_fd));
+		ex_net_error("tls-echo", "listen on", host, port, listen_fd);
 		SSL_CTX_free(ctx);
 		return 1;
 	}
@@ -675,7 +664,7 @@ static int run_client(px_loop *loop, const char *host, long port, const char *ca
 
 	int fd = px_connect_tcp(host, (uint16_t)port, 10000);
 	if (fd < 0) {
-		fprintf(stderr, "tls-echo: connect to %s port %ld: %s\n", host, port, strerror(-fd));
+		ex_net_error("tls-echo", "connect to", host, port, fd);
 		SSL_CTX_free(ctx);
 		return 1;
 	}
@@ -719,9 +708,11 @@ int main(int argc, char **argv)
 	const char *servername = "localhost";
 	bool insecure = false;
 
+	const char *me = "tls-echo";
 	for (int i = 1; i < argc; i++) {
 		const char *o = argv[i];
-		bool more = i + 1 < argc;
+		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+		const char **str = NULL;
 		if (!strcmp(o, "-h") || !strcmp(o, "--help")) {
 			help();
 			return 0;
@@ -731,39 +722,53 @@ int main(int argc, char **argv)
 			et = true;
 		} else if (!strcmp(o, "--insecure")) {
 			insecure = true;
-		} else if (!strcmp(o, "--port") && more) {
-			if (!parse_long(argv[++i], 0, 65535, &port))
-				return usage();
-		} else if (!strcmp(o, "--host") && more) {
-			host = argv[++i];
-			if (!strcmp(host, "any"))
-				host = NULL;
-		} else if (!strcmp(o, "--cert") && more) {
-			cert = argv[++i];
-		} else if (!strcmp(o, "--key") && more) {
-			key = argv[++i];
-		} else if (!strcmp(o, "--cafile") && more) {
-			cafile = argv[++i];
-		} else if (!strcmp(o, "--servername") && more) {
-			servername = argv[++i];
-		} else if (!strcmp(o, "--handshake-timeout") && more) {
-			if (!parse_long(argv[++i], 1, 86400000L, &hs_timeout_ms))
-				return usage();
+		} else if (!strcmp(o, "--port") || !strcmp(o, "--handshake-timeout")) {
+			bool is_port = !strcmp(o, "--port");
+			long lo = is_port ? 0 : 1, hi = is_port ? 65535 : 86400000L;
+			if (!v)
+				return ex_usage(me, USAGE, "option '%s' needs a value", o);
+			if (!ex_parse_long(v, lo, hi, is_port ? &port : &hs_timeout_ms))
+				return ex_usage(me, USAGE, "bad value '%s' for %s (%ld to %ld)", v, o, lo, hi);
+			i++;
+		} else if (!strcmp(o, "--host")) {
+			str = &host;
+		} else if (!strcmp(o, "--cert")) {
+			str = &cert;
+		} else if (!strcmp(o, "--key")) {
+			str = &key;
+		} else if (!strcmp(o, "--cafile")) {
+			str = &cafile;
+		} else if (!strcmp(o, "--servername")) {
+			str = &servername;
 		} else {
-			return usage();
+			return ex_usage(me, USAGE, "unknown option '%s'", o);
+		}
+		if (str) {
+			if (!v)
+				return ex_usage(me, USAGE, "option '%s' needs a value", o);
+			*str = v;
+			i++;
 		}
 	}
-	if (client_mode ? (port <= 0 || !host || (!cafile == !insecure)) : (!cert || !key))
-		return usage();
+	if (host && !strcmp(host, "any"))
+		host = NULL;
+	if (client_mode) {
+		if (port <= 0)
+			return ex_usage(me, USAGE, "--client needs --port N (1 to 65535)");
+		if (!host)
+			return ex_usage(me, USAGE, "--client needs a --host to connect to");
+		if (!cafile == !insecure)
+			return ex_usage(me, USAGE, "--client needs one of --cafile FILE and --insecure");
+	} else if (!cert || !key) {
+		return ex_usage(me, USAGE, "the server needs --cert FILE and --key FILE");
+	}
 	if (port < 0)
 		port = 8443;
 	signal(SIGPIPE, SIG_IGN); /* OpenSSL writes with write(): a reset peer must not kill us */
 
-	px_loop *loop = px_loop_new();
-	if (!loop) {
-		fprintf(stderr, "tls-echo: px_loop_new: %s\n", strerror(errno));
+	px_loop *loop = ex_loop_new(me);
+	if (!loop)
 		return 1;
-	}
 	int rc = client_mode ? run_client(loop, host, port, cafile, servername)
 	                     : run_server(loop, host, port, cert, key);
 	px_loop_free(loop);

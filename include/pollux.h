@@ -113,7 +113,9 @@ PX_API void px_loop_stop(px_loop *loop);
  * px_loop_wake and px_loop_post are the only calls that may be made on a loop
  * from a thread other than the one running it (px_loop_wake also from a
  * signal handler).  Calling them on a loop that is being or has been freed is
- * the caller's bug: the library does not detect it.
+ * the caller's bug: the library does not detect it.  They touch the loop
+ * until they return, even when the posted callback has already run: free
+ * the loop only after every such call has returned (join the threads).
  *
  * px_loop_wake: the loop's current wait returns, or its next one returns at
  * once; the iteration then ends normally (PX_RUN_ONCE returns).  Wakes made

@@ -29,6 +29,7 @@
 #define _GNU_SOURCE
 #endif
 #include <dlfcn.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,12 +54,17 @@ static inline void *ip_real(void *self, const char *name)
 	return p;
 }
 
-/* In an interposer of `name`: static real_<name>, the function it forwards
- * to. */
+/* In an interposer of `name`: real_<name>, the function it forwards to,
+ * looked up once and kept in an atomic static (the interposers run in
+ * several threads in the threaded tests: test_post, test_signal,
+ * test_threads, also under ThreadSanitizer). */
 #define IP_REAL(type, name)                                                       \
-	static type real_##name;                                                  \
-	if (!real_##name)                                                         \
-		real_##name = (type)ip_real((void *)name, #name)
+	static _Atomic(type) ip_real_##name;                                      \
+	type real_##name = atomic_load_explicit(&ip_real_##name, memory_order_acquire); \
+	if (!real_##name) {                                                       \
+		real_##name = (type)ip_real((void *)name, #name);                 \
+		atomic_store_explicit(&ip_real_##name, real_##name, memory_order_release); \
+	}
 
 #if defined(__GLIBC__) && defined(__TIMESIZE) && __TIMESIZE == 32 &&                  \
     (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))

@@ -15,7 +15,9 @@
  * event or timer) from a spinning one (thousands per second) however busy
  * the machine is, which CPU-time ratios cannot do on their own.
  *
- * Not thread-safe: the pollux tests are single-threaded. */
+ * The count is a relaxed atomic: test_post, test_signal and test_threads
+ * run loops and system calls in several threads (and under
+ * ThreadSanitizer); the other programs are single-threaded. */
 #ifdef HAVE_CONFIG_H
 #include <config.h>
 #endif
@@ -26,17 +28,18 @@
 #include "interpose.h"
 
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/select.h>
 #ifdef HAVE_SYS_EPOLL_H
 #include <sys/epoll.h>
 #endif
 
-static long nwaits;
+static atomic_long nwaits;
 
 long tu_wait_calls(void)
 {
-	return nwaits;
+	return atomic_load_explicit(&nwaits, memory_order_relaxed);
 }
 
 typedef int poll_fn(struct pollfd *, nfds_t, int);
@@ -48,7 +51,7 @@ typedef int epoll_wait_fn(int, struct epoll_event *, int, int);
 int epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout)
 {
 	IP_REAL(epoll_wait_fn *, epoll_wait);
-	nwaits++;
+	atomic_fetch_add_explicit(&nwaits, 1, memory_order_relaxed);
 	return real_epoll_wait(epfd, events, maxevents, timeout);
 }
 #endif
@@ -56,7 +59,7 @@ int epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout)
 int poll(struct pollfd *fds, nfds_t nfds, int timeout)
 {
 	IP_REAL(poll_fn *, poll);
-	nwaits++;
+	atomic_fetch_add_explicit(&nwaits, 1, memory_order_relaxed);
 	return real_poll(fds, nfds, timeout);
 }
 
@@ -73,7 +76,7 @@ int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size_t fdslen)
 int select(int nfds, fd_set *rd, fd_set *wr, fd_set *ex, struct timeval *tv)
 {
 	IP_REAL(select_fn *, select);
-	nwaits++;
+	atomic_fetch_add_explicit(&nwaits, 1, memory_order_relaxed);
 	return real_select(nfds, rd, wr, ex, tv);
 }
 
@@ -84,10 +87,14 @@ int ip_other_select(int nfds, fd_set *rd, fd_set *wr, fd_set *ex, struct ip_othe
 	__asm__(IP_OTHER_SELECT);
 int ip_other_select(int nfds, fd_set *rd, fd_set *wr, fd_set *ex, struct ip_other_timeval *tv)
 {
-	static other_select_fn *real;
-	if (!real && !(real = (other_select_fn *)dlsym(RTLD_NEXT, IP_OTHER_SELECT)))
-		abort();
-	nwaits++;
+	static _Atomic(other_select_fn *) real_other;
+	other_select_fn *real = atomic_load_explicit(&real_other, memory_order_acquire);
+	if (!real) {
+		if (!(real = (other_select_fn *)dlsym(RTLD_NEXT, IP_OTHER_SELECT)))
+			abort();
+		atomic_store_explicit(&real_other, real, memory_order_release);
+	}
+	atomic_fetch_add_explicit(&nwaits, 1, memory_order_relaxed);
 	return real(nfds, rd, wr, ex, tv);
 }
 #endif

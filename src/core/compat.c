@@ -48,7 +48,7 @@ int pxi_socket(int domain, int type, int protocol, bool nonblock)
 
 int pxi_nosigpipe(int fd)
 {
-#if !PXC_MSG_NOSIGNAL && defined(HAVE_DECL_SO_NOSIGPIPE) && HAVE_DECL_SO_NOSIGPIPE
+#if !PXC_HAVE_MSG_NOSIGNAL && defined(HAVE_DECL_SO_NOSIGPIPE) && HAVE_DECL_SO_NOSIGPIPE
 	int one = 1;
 
 	if (setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof(one)) < 0)
@@ -59,7 +59,7 @@ int pxi_nosigpipe(int fd)
 	return 0;
 }
 
-#if !PXC_MSG_NOSIGNAL && !(defined(HAVE_DECL_SO_NOSIGPIPE) && HAVE_DECL_SO_NOSIGPIPE)
+#if !PXC_HAVE_MSG_NOSIGNAL && !(defined(HAVE_DECL_SO_NOSIGPIPE) && HAVE_DECL_SO_NOSIGPIPE)
 #define PXC_MASK_SIGPIPE 1
 /* Blocks SIGPIPE in this thread; *had: one was pending already (the
  * caller's own, which must stay pending). */

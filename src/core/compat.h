@@ -28,9 +28,13 @@
 #define PXC_SOCK_FLAGS 0
 #endif
 
+/* PXC_HAVE_MSG_NOSIGNAL for #if: glibc defines MSG_NOSIGNAL as a macro of
+ * itself (an enum constant), which #if reads as 0. */
 #if defined(HAVE_DECL_MSG_NOSIGNAL) && HAVE_DECL_MSG_NOSIGNAL
+#define PXC_HAVE_MSG_NOSIGNAL 1
 #define PXC_MSG_NOSIGNAL MSG_NOSIGNAL
 #else
+#define PXC_HAVE_MSG_NOSIGNAL 0
 #define PXC_MSG_NOSIGNAL 0
 #endif
 
