@@ -133,7 +133,10 @@ typedef void px_post_cb(px_loop *loop, void *arg);
  * from a callback of the same loop runs in the next iteration.  Posts made by
  * one thread run in the order they were made.  A post wakes the loop
  * (px_loop_wake), and posts that have not run keep PX_RUN_DEFAULT running.
- * Lock-free: one allocation per post, no lock shared with the loop's thread.
+ * Lock-free: no lock shared with the loop's thread, and at most one
+ * allocation per post (the loop recycles the nodes of the posts it ran:
+ * up to 4,096 per loop, handed to posting threads in batches that each
+ * keeps in a cache of its own, freed when the thread exits).
  * 0, -EINVAL for a NULL loop or cb, -ENOMEM (nothing posted), or
  * px_loop_wake's error (the post is queued and runs at the loop's next
  * wake-up).  px_loop_free drops the posts that have not run, without calling

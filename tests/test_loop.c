@@ -1300,6 +1300,38 @@ static void test_stats_inside_signal_and_post(void **state)
 	tu_close_pair(sv);
 }
 
+/* Post nodes are recycled: the loop publishes the nodes of the posts it
+ * ran, and a posting thread takes that batch into a cache of its own.  The
+ * cache outlives the loop the nodes came from and serves posts to any loop
+ * (ASan and valgrind would see a node freed with its loop). */
+static void count_post(px_loop *loop, void *arg)
+{
+	(void)loop;
+	(*(int *)arg)++;
+}
+
+static void test_post_nodes_outlive_their_loop(void **state)
+{
+	(void)state;
+	int ran_a = 0, ran_b = 0;
+	px_loop *a = tu_loop();
+	for (int round = 0; round < 3; round++) {
+		for (int i = 0; i < 100; i++)
+			assert_int_equal(px_loop_post(a, count_post, &ran_a), 0);
+		for (int i = 0; i < 10 && ran_a < 100 * (round + 1); i++)
+			assert_int_equal(px_loop_run(a, PX_RUN_NOWAIT), 0);
+		assert_int_equal(ran_a, 100 * (round + 1));
+	}
+	/* This thread's cache now holds nodes that came from a; a goes. */
+	px_loop_free(a);
+	px_loop *b = tu_loop();
+	for (int i = 0; i < 300; i++)
+		assert_int_equal(px_loop_post(b, count_post, &ran_b), 0);
+	assert_int_equal(px_loop_run(b, PX_RUN_DEFAULT), 0);
+	assert_int_equal(ran_b, 300);
+	px_loop_free(b);
+}
+
 static void never_timer(px_loop *loop, int64_t id, void *arg)
 {
 	(void)loop;
@@ -1384,6 +1416,7 @@ int main(void)
 		TU_TEST(test_posts_keep_run_default),
 		TU_TEST(test_wakefd_not_users),
 		TU_TEST(test_stats_inside_signal_and_post),
+		TU_TEST(test_post_nodes_outlive_their_loop),
 	};
 	return TU_RUN("test_loop", tests);
 }

@@ -136,12 +136,15 @@ struct px_loop {
 
 	/* wake.c.  wakefd[0] is watched (W_INTERNAL); wakefd[1] is written. */
 	int wakefd[2];
+	struct pxi_post *recycled; /* free post nodes kept by the loop's thread */
+	int nrecycled;
 	/* The only fields other threads (and signal handlers) touch, kept
 	 * off the cache lines the loop's thread writes all the time. */
 	char pad_[64];
 	atomic_int wake_pending; /* 1: wakefd is or is about to be readable */
 	atomic_int sig_pending;  /* signal.c: some watched signal was recorded */
 	_Atomic(struct pxi_post *) posts; /* newest first */
+	_Atomic(struct pxi_post *) spare; /* free nodes for posting threads */
 };
 
 /* A signal handler may wake a loop: these must not take a lock. */
