@@ -144,23 +144,19 @@ int pxi_wakefd_open(int fds[2])
 		return -errno;
 	fds[0] = fds[1] = fd;
 	return 0;
-#else
-	int rc;
-
-#ifdef HAVE_PIPE2
-	if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0)
-		return -errno;
+#elif defined(HAVE_PIPE2)
+	return pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0 ? -errno : 0;
 #else
 	/* Not atomic: a fork+exec in another thread in between inherits the
 	 * pipe (systems without pipe2 cannot do better). */
+	int rc;
+
 	if (pipe(fds) < 0)
 		return -errno;
 	if ((rc = pxi_fd_flags(fds[0], true)) < 0 || (rc = pxi_fd_flags(fds[1], true)) < 0) {
 		pxi_wakefd_close(fds);
 		return rc;
 	}
-#endif
-	(void)rc;
 	return 0;
 #endif
 }

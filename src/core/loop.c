@@ -266,10 +266,9 @@ static int iterate(px_loop *loop, int timeout_ms)
 	/* After the window: this iteration's events are all dispatched, so
 	 * watchers the posts add or delete need no stale-event marks. */
 	if (posts) {
-		loop->ran_cb = true;
-		loop->depth++;
+		pxi_call_enter(loop);
 		pxi_posts_run(loop, posts);
-		loop->depth--;
+		pxi_call_leave(loop);
 	}
 	if (loop->etlen > 0 && loop->ran_cb)
 		pxi_io_et_check(loop);
